@@ -1,0 +1,81 @@
+/* Datasets, subsets and per-batch transforms (single process).
+ * Samples stay compact: images as uint8 [n][c*h*w], CSV features as float
+ * [n][d]; a batch is converted to float (and transformed) when assembled.
+ * Every random choice is seeded: subsets by an explicit seed, per-batch
+ * transforms by (key, global sample id), so a sample looks the same whichever
+ * rank assembles it. */
+#ifndef FERRY_NN_DATA_H
+#define FERRY_NN_DATA_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "layer.h"
+
+typedef struct {
+  int64_t n;            /* samples */
+  nn_shape shape;       /* per sample */
+  int spatial;          /* images: 1 (batches are [c][B][h][w]); CSV: 0 ([B][d]) */
+  uint8_t *u8;          /* [n][numel] pixels in 0..255, or NULL */
+  float *f32;           /* [n][numel] features, or NULL */
+  int32_t *labels;      /* [n]; -1 = unlabelled */
+  int64_t *ids;         /* [n] stable sample ids (index in the source file) */
+  int nclasses;         /* 1 + largest label */
+  char source[256];     /* file(s) it came from, for messages */
+} nn_dataset;
+
+/* Reads an IDX image file (magic 0x00000803, uint8, n x rows x cols; gzip or
+ * plain, detected by zlib) and its label file (0x00000801). Validates magic,
+ * dimensions, sizes and that counts agree; a bad file gives FERRY_EUSER with a
+ * message naming the file, the field, expected vs found. max_n > 0 keeps only
+ * the first max_n samples. Not collective. */
+int nn_data_read_idx(nn_dataset *ds, const char *images, const char *labels, int64_t max_n);
+/* Reads CSV rows "label,f1,...,fd" (optional header line detected when its
+ * first field is not a number; gzip allowed). Every row must have the same d;
+ * errors name the file and line. Empty label field = unlabelled (-1). If
+ * img_h * img_w == d (both > 0) the samples are treated as 1-channel images. */
+int nn_data_read_csv(nn_dataset *ds, const char *path, int img_h, int img_w);
+void nn_data_free(nn_dataset *ds);
+
+/* New dataset of the rows idx[0..n) of src (copies samples). */
+int nn_data_gather(nn_dataset *dst, const nn_dataset *src, const int64_t *idx, int64_t n);
+/* Keeps rows whose label is in classes[0..nc) and relabels class classes[i]
+ * to i. FERRY_EUSER if a class does not occur. */
+int nn_data_subset_classes(nn_dataset *dst, const nn_dataset *src, const int *classes, int nc);
+/* Keeps k rows per class, chosen by seed (the same seed gives the same rows);
+ * FERRY_EUSER if a class has fewer than k. */
+int nn_data_k_per_class(nn_dataset *dst, const nn_dataset *src, int k, uint64_t seed);
+/* Splits src by a seeded permutation into train (1-frac) and val (frac),
+ * stratified per class. */
+int nn_data_split(nn_dataset *train, nn_dataset *val, const nn_dataset *src, double frac,
+                  uint64_t seed);
+/* Digest (64-bit FNV/mix) of the samples and labels, for provenance. */
+uint64_t nn_data_digest(const nn_dataset *ds);
+
+typedef enum {
+  NN_TF_NORMALIZE, /* x = (x - mean) / std  (per channel: a[0..c) means, b[0..c) stds) */
+  NN_TF_INVERT,    /* x = 1 - x (on the [0,1] scale, before normalize) */
+  NN_TF_ROTATE,    /* fixed angle a[0] degrees (90/180/270 exact), or random in
+                      [-a[1], a[1]] when a[1] > 0; bilinear, zero fill */
+  NN_TF_NOISE,     /* x += N(0, a[0]^2) */
+  NN_TF_CROP,      /* random crop after zero padding by a[0] pixels */
+  NN_TF_HFLIP,     /* horizontal flip with probability a[0] */
+  NN_TF_COUNT
+} nn_tf_kind;
+extern const char *const nn_tf_names[NN_TF_COUNT];
+
+#define NN_TF_MAXC 4
+typedef struct {
+  nn_tf_kind kind;
+  float a[NN_TF_MAXC], b[NN_TF_MAXC];
+} nn_transform;
+
+/* Assembles a batch: rows idx[0..B) of ds, scaled to [0,1] (u8/255; float
+ * features as-is), transformed in order, written to x in the model's input
+ * layout ([c][B][h][w] when spatial, else [B][d]); labels to y (may be NULL).
+ * Random transforms draw from (key, ds->ids[row]). scratch holds at least
+ * 2 * numel floats. Does not allocate. Not collective. */
+void nn_data_batch(const nn_dataset *ds, const int64_t *idx, int B, const nn_transform *tf,
+                   int ntf, uint64_t key, float *x, int32_t *y, float *scratch);
+
+#endif

@@ -1,0 +1,67 @@
+/* The typed experiment: what launch/ parses from YAML (+ --set overrides) and
+ * train/ runs. No YAML or argv here; every field has a default set by
+ * exp_defaults(). Paths are plain strings, validated when opened. */
+#ifndef FERRY_TRAIN_EXPERIMENT_H
+#define FERRY_TRAIN_EXPERIMENT_H
+
+#include <stdint.h>
+
+#include "nn/data.h"
+#include "nn/loss.h"
+#include "nn/model.h"
+#include "nn/optim.h"
+
+#define EXP_PATH_MAX 512
+#define EXP_MAX_TF 16
+#define EXP_MAX_CLASSES 256
+
+typedef enum { EXP_SRC_IDX, EXP_SRC_CSV } exp_src_format;
+
+/* One data file set: IDX images+labels, or one CSV file. */
+typedef struct {
+  exp_src_format format;
+  char images[EXP_PATH_MAX]; /* idx */
+  char labels[EXP_PATH_MAX]; /* idx */
+  char path[EXP_PATH_MAX];   /* csv */
+  int img_h, img_w;          /* csv rows that are images, else 0 */
+  int64_t limit;             /* keep the first `limit` samples; 0 = all */
+} exp_source;
+
+typedef struct {
+  char name[64];             /* e.g. "fashion-mnist", for reports */
+  exp_source train, test;
+  int nclasses_keep;         /* 0 = keep all classes */
+  int classes[EXP_MAX_CLASSES]; /* kept classes, relabelled 0..n-1 in this order */
+  int k_per_class;           /* 0 = all labelled training samples */
+  double val_frac;           /* fraction of train held out for validation */
+  uint64_t seed;             /* subset/split seed (defaults to the experiment seed) */
+  int ntf;                   /* applied to every split (train, val, test), in order */
+  nn_transform tf[EXP_MAX_TF];
+  int naug;                  /* applied to training batches only, after tf */
+  nn_transform aug[EXP_MAX_TF];
+} exp_data;
+
+typedef struct {
+  char name[128];
+  char text_path[EXP_PATH_MAX]; /* the experiment file, for provenance */
+  uint64_t seed;
+  exp_data data;
+  nn_model_spec model;       /* trunk + heads (a preset expands into it) */
+  char preset[16];           /* "" when layers were given */
+  /* training */
+  int epochs;                /* passes over the training set */
+  int64_t max_steps;         /* > 0: stop after this many optimizer steps */
+  int batch;                 /* global batch */
+  int eval_batch;
+  nn_opt_cfg opt;
+  nn_sched_cfg sched;        /* total_steps filled in by the trainer when 0 */
+  float clip_norm;           /* <= 0: off */
+  float label_smoothing;
+  int threads;               /* BLAS threads per rank; 0 = leave as is */
+  char out_dir[EXP_PATH_MAX];
+  int progress;              /* -1 auto (tty), 0 plain lines, 1 live bar */
+} exp_experiment;
+
+void exp_defaults(exp_experiment *e);
+
+#endif
