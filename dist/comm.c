@@ -1,4 +1,98 @@
-/* Placeholder translation unit for dist/ until its modules land. */
-#include <mpi.h>
-int dist_placeholder(void);
-int dist_placeholder(void) { return MPI_VERSION; }
+/* MPI wrappers behind dist/comm.h. Large buffers are reduced in pieces of at
+ * most INT_MAX elements (MPI counts are int). */
+#include "comm.h"
+
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "nn/err.h"
+
+static int mpi_check(int rc, const char *what) {
+  if (rc == MPI_SUCCESS) return 0;
+  char msg[MPI_MAX_ERROR_STRING];
+  int len = 0;
+  MPI_Error_string(rc, msg, &len);
+  FERRY_FAIL(FERRY_ERUNTIME, "%s failed: %s", what, msg);
+}
+
+int dist_init(int *argc, char ***argv, dist_comm *world) {
+  int inited = 0;
+  MPI_Initialized(&inited);
+  if (!inited) {
+    int provided = 0;
+    CHECK_CALL(mpi_check(MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided),
+                         "MPI_Init_thread"));
+  }
+  dist_comm_wrap(world, MPI_COMM_WORLD);
+  return 0;
+}
+
+void dist_finalize(void) {
+  int inited = 0, finalized = 0;
+  MPI_Initialized(&inited);
+  MPI_Finalized(&finalized);
+  if (inited && !finalized) MPI_Finalize();
+}
+
+void dist_comm_wrap(dist_comm *c, MPI_Comm comm) {
+  c->comm = comm;
+  MPI_Comm_rank(comm, &c->rank);
+  MPI_Comm_size(comm, &c->size);
+}
+
+static int allreduce(const dist_comm *c, void *buf, size_t n, MPI_Datatype t, size_t esz) {
+  if (c->size == 1) return 0;
+  char *p = buf;
+  while (n > 0) {
+    int k = n > (size_t)INT_MAX ? INT_MAX : (int)n;
+    CHECK_CALL(mpi_check(MPI_Allreduce(MPI_IN_PLACE, p, k, t, MPI_SUM, c->comm),
+                         "MPI_Allreduce"));
+    p += (size_t)k * esz;
+    n -= (size_t)k;
+  }
+  return 0;
+}
+
+int dist_allreduce_f32(const dist_comm *c, float *buf, size_t n) {
+  return allreduce(c, buf, n, MPI_FLOAT, sizeof(float));
+}
+int dist_allreduce_f64(const dist_comm *c, double *buf, size_t n) {
+  return allreduce(c, buf, n, MPI_DOUBLE, sizeof(double));
+}
+int dist_allreduce_i64(const dist_comm *c, int64_t *buf, size_t n) {
+  return allreduce(c, buf, n, MPI_INT64_T, sizeof(int64_t));
+}
+
+int dist_bcast(const dist_comm *c, void *buf, size_t nbytes, int root) {
+  if (c->size == 1) return 0;
+  char *p = buf;
+  while (nbytes > 0) {
+    int k = nbytes > (size_t)INT_MAX ? INT_MAX : (int)nbytes;
+    CHECK_CALL(mpi_check(MPI_Bcast(p, k, MPI_BYTE, root, c->comm), "MPI_Bcast"));
+    p += k;
+    nbytes -= (size_t)k;
+  }
+  return 0;
+}
+
+int dist_agree(const dist_comm *c, int rc, int *first_rank) {
+  int in[2] = {rc, rc ? -c->rank : INT_MIN}, out[2] = {rc, in[1]};
+  if (c->size > 1) MPI_Allreduce(in, out, 2, MPI_INT, MPI_MAX, c->comm);
+  *first_rank = out[1] == INT_MIN ? -1 : -out[1];
+  return out[0];
+}
+
+void dist_abort(const dist_comm *c, int code) {
+  int inited = 0;
+  MPI_Initialized(&inited);
+  if (inited && c && c->size > 1) MPI_Abort(c->comm, code);
+  exit(code);
+}
+
+void dist_hostname(char *buf, size_t n) {
+  if (gethostname(buf, n) != 0) snprintf(buf, n, "?");
+  buf[n - 1] = '\0';
+}

@@ -70,6 +70,17 @@ typedef struct {
   float a[NN_TF_MAXC], b[NN_TF_MAXC];
 } nn_transform;
 
+/* Returns the kind whose name (nn_tf_names) is s, or -1. */
+int nn_tf_from_name(const char *s);
+/* Checks transform parameters against a dataset before training, since
+ * nn_data_batch cannot fail: normalize stds > 0 for each channel (a[0]/b[0]
+ * when c > NN_TF_MAXC), rotate a[1] >= 0 and not both a[0] and a[1], noise
+ * a[0] >= 0, crop a[0] a whole number of pixels in 0..max(h, w), hflip a[0]
+ * in [0, 1], and rotate/crop/hflip only on spatial data (on flat data
+ * nn_data_batch skips them). FERRY_EUSER naming the transform (index and
+ * name), the field, expected vs found. Not collective. */
+int nn_tf_check(const nn_transform *tf, int ntf, const nn_dataset *ds);
+
 /* Assembles a batch: rows idx[0..B) of ds, scaled to [0,1] (u8/255; float
  * features as-is), transformed in order, written to x in the model's input
  * layout ([c][B][h][w] when spatial, else [B][d]); labels to y (may be NULL).

@@ -61,6 +61,7 @@ typedef struct nn_model {
   size_t ws_len;
   float *gbuf[2];      /* backward ping-pong, each max activation size */
   float *dfeat;        /* gradient w.r.t. trunk output, accumulated over heads */
+  float *dfeat_tmp;    /* a further head's feature gradient before it is added */
   int dfeat_valid;     /* dfeat holds a head's contribution this pass */
   const float *trunk_in; /* input of the last trunk forward */
 } nn_model;

@@ -1,0 +1,259 @@
+/* `ferry train EXPERIMENT.yaml`: parse (every rank), train data-parallel,
+ * print progress and write DIR/metrics.jsonl and DIR/summary.json (rank 0).
+ * summary.json is written only when the run finished: a failed run never
+ * looks complete. */
+#include <cblas.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "dist/comm.h"
+#include "launch/commands.h"
+#include "launch/config.h"
+#include "launch/report_io.h"
+#include "nn/err.h"
+#include "train/trainer.h"
+
+#define MAX_SETS 64
+
+void launch_print_error(int rank) {
+  const char *msg = ferry_err_msg();
+  fprintf(stderr, "[rank %d] ferry: error: %s\n", rank, msg[0] ? msg : "unknown error");
+  if (getenv("FERRY_DEBUG")) fprintf(stderr, "[rank %d]   at %s\n", rank, ferry_err_where());
+}
+
+void cmd_train_help(void) {
+  printf(
+      "usage: ferry train EXPERIMENT.yaml [--out DIR] [--set KEY=VALUE]... [--progress MODE]\n"
+      "       mpirun -np N ferry train EXPERIMENT.yaml ...\n"
+      "\n"
+      "Trains the experiment's model on its training split, evaluates on the validation\n"
+      "split after every epoch and on the test split at the end. With N ranks every\n"
+      "global batch (train.batch) is split across the ranks and gradients are summed,\n"
+      "so N changes the speed, not the result.\n"
+      "\n"
+      "options:\n"
+      "  --out DIR          run directory (default: the file's `out`, else runs/NAME)\n"
+      "  --set KEY=VALUE    override any key of the file, e.g. --set train.epochs=3,\n"
+      "                     --set data.classes=[0,1,2], --set train.optimizer.lr=0.1;\n"
+      "                     VALUE is YAML; repeat for several keys\n"
+      "  --progress MODE    auto (live bar on a terminal, lines otherwise), bar, plain\n"
+      "  --help             this text and the experiment file reference\n"
+      "\n"
+      "writes: DIR/metrics.jsonl  one JSON object per epoch: epoch, step, train_loss,\n"
+      "                           train_acc, val_loss, val_acc, samples_per_s, epoch_s, lr\n"
+      "        DIR/summary.json   at the end: test_acc, test_loss, val_acc,\n"
+      "                           train_samples_per_s, wall_s, steps, world_size,\n"
+      "                           param_hash, ... (absent if the run failed)\n"
+      "\n"
+      "exit codes: 0 finished, 1 runtime error, 2 usage error (arguments, experiment\n"
+      "file, data files).\n"
+      "\n"
+      "experiment file keys (YAML; see docs/experiment-format.md for examples):\n");
+  cfg_print_reference(stdout);
+}
+
+typedef struct {
+  FILE *metrics;
+  int bar;        /* live progress bar on stdout */
+  double last_bar;
+  int bar_shown;
+} presenter;
+
+static void on_start(void *ctx, const char *what) {
+  (void)ctx;
+  printf("%s\n", what);
+  fflush(stdout);
+}
+
+static void on_step(void *ctx, int epoch, int64_t step, int64_t total, double loss,
+                    double elapsed) {
+  presenter *pr = ctx;
+  if (!pr->bar) return;
+  if (elapsed - pr->last_bar < 0.1 && step != total) return;
+  pr->last_bar = elapsed;
+  int width = 30, done = total > 0 ? (int)(width * step / total) : width;
+  char bar[64], eta[32], el[32];
+  for (int i = 0; i < width; i++) bar[i] = i < done ? '=' : (i == done ? '>' : ' ');
+  bar[width] = '\0';
+  io_fmt_duration(el, sizeof el, elapsed);
+  io_fmt_duration(eta, sizeof eta, step > 0 ? elapsed / (double)step * (double)(total - step) : 0);
+  printf("\r[%s] epoch %d step %lld/%lld loss %.4f  %s ETA %s ", bar, epoch, (long long)step,
+         (long long)total, loss, el, eta);
+  fflush(stdout);
+  pr->bar_shown = 1;
+}
+
+static void on_epoch(void *ctx, const train_epoch_stats *s) {
+  presenter *pr = ctx;
+  char eta[32];
+  io_fmt_duration(eta, sizeof eta, s->eta_s);
+  if (pr->bar_shown) printf("\r\033[K");
+  pr->bar_shown = 0;
+  printf("epoch %d/%d  loss %.4f  acc %.4f", s->epoch, s->epochs, s->train_loss, s->train_acc);
+  if (!isnan(s->val_acc)) printf("  val_loss %.4f  val_acc %.4f", s->val_loss, s->val_acc);
+  printf("  %.0f samples/s  %.1fs  ETA %s\n", s->samples_per_s, s->epoch_s, eta);
+  fflush(stdout);
+  if (pr->metrics) {
+    FILE *f = pr->metrics;
+    fprintf(f, "{\"epoch\": %d, \"step\": %lld, \"train_loss\": ", s->epoch, (long long)s->step);
+    json_num(f, s->train_loss);
+    fputs(", \"train_acc\": ", f);
+    json_num(f, s->train_acc);
+    fputs(", \"val_loss\": ", f);
+    json_num(f, s->val_loss);
+    fputs(", \"val_acc\": ", f);
+    json_num(f, s->val_acc);
+    fputs(", \"samples_per_s\": ", f);
+    json_num(f, s->samples_per_s);
+    fputs(", \"epoch_s\": ", f);
+    json_num(f, s->epoch_s);
+    fputs(", \"lr\": ", f);
+    json_num(f, s->lr);
+    fputs("}\n", f);
+    fflush(f);
+  }
+}
+
+static int write_summary(const char *dir, const exp_experiment *e, const train_summary *s) {
+  char path[EXP_PATH_MAX + 32], tmp[EXP_PATH_MAX + 40];
+  snprintf(path, sizeof path, "%s/summary.json", dir);
+  snprintf(tmp, sizeof tmp, "%s.tmp", path);
+  FILE *f = fopen(tmp, "w");
+  CHECK_RT(f, "cannot write %s", tmp);
+  fputs("{\n  \"name\": ", f);
+  json_str(f, e->name);
+  fputs(",\n  \"status\": \"finished\",\n  \"test_acc\": ", f);
+  json_num(f, s->test_acc);
+  fputs(",\n  \"test_loss\": ", f);
+  json_num(f, s->test_loss);
+  fputs(",\n  \"val_acc\": ", f);
+  json_num(f, s->val_acc);
+  fputs(",\n  \"train_samples_per_s\": ", f);
+  json_num(f, s->train_samples_per_s);
+  fputs(",\n  \"train_s\": ", f);
+  json_num(f, s->train_s);
+  fputs(",\n  \"wall_s\": ", f);
+  json_num(f, s->wall_s);
+  fprintf(f,
+          ",\n  \"steps\": %lld,\n  \"epochs\": %d,\n  \"n_train\": %lld,\n  \"n_val\": %lld,\n"
+          "  \"n_test\": %lld,\n  \"nparams\": %zu,\n  \"world_size\": %d,\n"
+          "  \"param_hash\": \"%016llx\",\n  \"ferry_version\": \"%s\"\n}\n",
+          (long long)s->steps, s->epochs, (long long)s->n_train, (long long)s->n_val,
+          (long long)s->n_test, s->nparams, s->world, (unsigned long long)s->param_hash,
+          FERRY_VERSION);
+  int bad = ferror(f);
+  bad |= fclose(f);
+  CHECK_RT(!bad && rename(tmp, path) == 0, "cannot write %s", path);
+  return 0;
+}
+
+/* Rank 0 prepares the run directory; the result is agreed by all ranks. */
+static int prepare_out(const char *dir, presenter *pr) {
+  CHECK_CALL(io_mkdirs(dir));
+  char path[EXP_PATH_MAX + 32];
+  snprintf(path, sizeof path, "%s/summary.json", dir);
+  unlink(path); /* a stale summary must not describe this run */
+  snprintf(path, sizeof path, "%s/metrics.jsonl", dir);
+  pr->metrics = fopen(path, "w");
+  CHECK_RT(pr->metrics, "cannot write %s (is the directory writable?)", path);
+  return 0;
+}
+
+int cmd_train(int argc, char **argv) {
+  const char *file = NULL, *out = NULL, *progress = NULL;
+  const char *sets[MAX_SETS];
+  int nsets = 0;
+  for (int i = 0; i < argc; i++) {
+    const char *a = argv[i];
+    if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+      cmd_train_help();
+      return 0;
+    } else if ((!strcmp(a, "--out") || !strcmp(a, "--set") || !strcmp(a, "--progress")) &&
+               i + 1 >= argc) {
+      fprintf(stderr, "ferry train: %s needs a value\n", a);
+      return 2;
+    } else if (!strcmp(a, "--out")) {
+      out = argv[++i];
+    } else if (!strcmp(a, "--progress")) {
+      progress = argv[++i];
+    } else if (!strcmp(a, "--set")) {
+      if (nsets == MAX_SETS) {
+        fprintf(stderr, "ferry train: at most %d --set options\n", MAX_SETS);
+        return 2;
+      }
+      sets[nsets++] = argv[++i];
+    } else if (!strncmp(a, "--set=", 6) && nsets < MAX_SETS) {
+      sets[nsets++] = a + 6;
+    } else if (a[0] == '-') {
+      fprintf(stderr, "ferry train: unknown option %s (see ferry train --help)\n", a);
+      return 2;
+    } else if (!file) {
+      file = a;
+    } else {
+      fprintf(stderr, "ferry train: more than one experiment file (%s, %s)\n", file, a);
+      return 2;
+    }
+  }
+  if (!file) {
+    fprintf(stderr, "usage: ferry train EXPERIMENT.yaml [--out DIR] [--set KEY=VALUE]...\n");
+    return 2;
+  }
+  if (progress && strcmp(progress, "auto") && strcmp(progress, "bar") && strcmp(progress, "plain")) {
+    fprintf(stderr, "ferry train: --progress expects auto, bar or plain, found \"%s\"\n", progress);
+    return 2;
+  }
+  dist_comm world;
+  if (dist_init(&argc, &argv, &world)) {
+    launch_print_error(0);
+    return 1;
+  }
+  static exp_experiment e;
+  int rc = cfg_load(&e, file, sets, nsets);
+  if (!rc && out) snprintf(e.out_dir, sizeof e.out_dir, "%s", out);
+  if (progress) e.progress = !strcmp(progress, "bar") ? 1 : !strcmp(progress, "plain") ? 0 : -1;
+  presenter pr = {0};
+  if (!rc && world.rank == 0) rc = prepare_out(e.out_dir, &pr);
+  int first = -1, agreed = dist_agree(&world, rc, &first);
+  if (agreed) {
+    /* Every rank read the same file: one message, from the first failing rank. */
+    if (rc && world.rank == first) launch_print_error(world.rank);
+    if (pr.metrics) fclose(pr.metrics);
+    dist_finalize();
+    return agreed;
+  }
+  pr.bar = e.progress == 1 || (e.progress == -1 && isatty(STDOUT_FILENO));
+  if (world.rank == 0) {
+    char host[256];
+    dist_hostname(host, sizeof host);
+    int threads = e.threads > 0 ? e.threads : openblas_get_num_threads();
+    printf("ferry %s: %d rank%s (rank 0 on %s), %d BLAS thread%s per rank, run directory %s\n",
+           FERRY_VERSION, world.size, world.size == 1 ? "" : "s", host, threads,
+           threads == 1 ? "" : "s", e.out_dir);
+  }
+  train_hooks hooks = {.on_step = on_step, .on_epoch = on_epoch, .on_start = on_start, .ctx = &pr};
+  train_summary sum;
+  rc = train_run(&e, &world, &hooks, &sum);
+  if (!rc && world.rank == 0) {
+    rc = write_summary(e.out_dir, &e, &sum);
+    if (!rc)
+      printf("test_acc %.4f  test_loss %.4f  %.0f train samples/s  wall %.1fs  -> %s/summary.json\n",
+             sum.test_acc, sum.test_loss, sum.train_samples_per_s, sum.wall_s, e.out_dir);
+  }
+  if (pr.metrics) fclose(pr.metrics);
+  if (rc && sum.setup_failed) {
+    /* All ranks know; only the ranks that failed have something to say. */
+    if (ferry_err_code()) launch_print_error(world.rank);
+    dist_finalize();
+    return rc;
+  }
+  if (rc) {
+    launch_print_error(world.rank);
+    /* Others may be inside a collective: end the whole job now. */
+    dist_abort(&world, rc);
+  }
+  dist_finalize();
+  return 0;
+}

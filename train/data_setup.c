@@ -1,0 +1,85 @@
+/* Builds the train/val/test splits an experiment describes: read the files,
+ * keep and relabel classes, draw K labelled samples per class, hold out a
+ * validation split. Every step is seeded by the experiment's data seed. */
+#include <stdio.h>
+#include <string.h>
+
+#include "nn/err.h"
+#include "train/trainer.h"
+
+static int read_source(nn_dataset *ds, const exp_source *s, const char *what) {
+  int rc;
+  if (s->format == EXP_SRC_IDX)
+    rc = nn_data_read_idx(ds, s->images, s->labels, s->limit);
+  else
+    rc = nn_data_read_csv(ds, s->path, s->img_h, s->img_w);
+  if (rc) {
+    ferry_err_trace(__FILE__, __LINE__, what);
+    return rc;
+  }
+  if (s->format == EXP_SRC_CSV && s->limit > 0 && ds->n > s->limit) ds->n = s->limit;
+  return 0;
+}
+
+/* Replaces *ds by f(*ds) when f succeeds. */
+static int replace(nn_dataset *ds, nn_dataset *next) {
+  nn_data_free(ds);
+  *ds = *next;
+  memset(next, 0, sizeof *next);
+  return 0;
+}
+
+int train_data_load(train_data *d, const exp_experiment *e) {
+  memset(d, 0, sizeof *d);
+  const exp_data *x = &e->data;
+  nn_dataset tmp;
+  memset(&tmp, 0, sizeof tmp);
+  int rc = read_source(&d->train, &x->train, "data.train");
+  if (!rc) rc = read_source(&d->test, &x->test, "data.test");
+  if (rc) goto fail;
+  if (d->train.shape.c != d->test.shape.c || d->train.shape.h != d->test.shape.h ||
+      d->train.shape.w != d->test.shape.w) {
+    rc = ferry_err_set(FERRY_EUSER, __FILE__, __LINE__, __func__,
+                       "data.test: samples are %dx%dx%d but data.train has %dx%dx%d",
+                       d->test.shape.c, d->test.shape.h, d->test.shape.w, d->train.shape.c,
+                       d->train.shape.h, d->train.shape.w);
+    goto fail;
+  }
+  d->nclasses = d->train.nclasses > d->test.nclasses ? d->train.nclasses : d->test.nclasses;
+  if (x->nclasses_keep > 0) {
+    if ((rc = nn_data_subset_classes(&tmp, &d->train, x->classes, x->nclasses_keep))) goto fail;
+    replace(&d->train, &tmp);
+    if ((rc = nn_data_subset_classes(&tmp, &d->test, x->classes, x->nclasses_keep))) goto fail;
+    replace(&d->test, &tmp);
+    d->nclasses = x->nclasses_keep;
+  }
+  if (x->val_frac > 0) {
+    nn_dataset tr;
+    memset(&tr, 0, sizeof tr);
+    if ((rc = nn_data_split(&tr, &d->val, &d->train, x->val_frac, x->seed ^ 0x5eedULL)))
+      goto fail;
+    replace(&d->train, &tr);
+  }
+  /* K per class is drawn after the validation split so validation never
+   * borrows from the K labelled samples. */
+  if (x->k_per_class > 0) {
+    if ((rc = nn_data_k_per_class(&tmp, &d->train, x->k_per_class, x->seed))) goto fail;
+    replace(&d->train, &tmp);
+  }
+  if (d->train.n == 0) {
+    rc = ferry_err_set(FERRY_EUSER, __FILE__, __LINE__, __func__,
+                       "data.train: no training samples left after subsetting");
+    goto fail;
+  }
+  return 0;
+fail:
+  nn_data_free(&tmp);
+  train_data_free(d);
+  return rc;
+}
+
+void train_data_free(train_data *d) {
+  nn_data_free(&d->train);
+  nn_data_free(&d->val);
+  nn_data_free(&d->test);
+}

@@ -1,0 +1,65 @@
+/* The supervised training loop: one model, one head, data-parallel over a
+ * communicator (each rank computes its slice of every global batch; gradients
+ * are summed so every rank applies the same update). Reports progress through
+ * hooks (rank 0 only) and leaves presentation (printing, files) to launch/. */
+#ifndef FERRY_TRAIN_TRAINER_H
+#define FERRY_TRAIN_TRAINER_H
+
+#include <stdint.h>
+
+#include "dist/comm.h"
+#include "train/experiment.h"
+
+typedef struct {
+  int epoch, epochs;         /* 1-based epoch just finished */
+  int64_t step, total_steps; /* optimizer steps so far / planned */
+  double train_loss;         /* mean over the epoch's samples */
+  double train_acc;
+  double val_loss, val_acc;  /* NAN when there is no validation split */
+  double samples_per_s;      /* global training samples per second this epoch */
+  double epoch_s, elapsed_s, eta_s;
+  double lr;                 /* at the end of the epoch */
+} train_epoch_stats;
+
+typedef struct {
+  /* Every few steps: progress within the run. */
+  void (*on_step)(void *ctx, int epoch, int64_t step, int64_t total_steps, double loss,
+                  double elapsed_s);
+  void (*on_epoch)(void *ctx, const train_epoch_stats *s);
+  /* Once, before training: a line of facts about data and model. */
+  void (*on_start)(void *ctx, const char *what);
+  void *ctx;
+} train_hooks;
+
+typedef struct {
+  double test_acc, test_loss;
+  double val_acc;            /* last epoch's, NAN if none */
+  double train_samples_per_s;
+  double train_s, wall_s;
+  int64_t steps;
+  int epochs;
+  int64_t n_train, n_val, n_test;
+  size_t nparams;
+  int world;
+  uint64_t param_hash;       /* FNV-1a over the final parameter bytes */
+  int setup_failed;          /* set-up failed on some rank and every rank knows it:
+                                the failing rank holds the message, all return */
+} train_summary;
+
+/* Loads the data the experiment names, builds and trains the model, evaluates
+ * on the test split. Collective over c. Returns FERRY_EUSER/FERRY_ERUNTIME
+ * with a message on failure; a failure after set-up on one rank only aborts
+ * the job (no rank is left waiting). */
+int train_run(const exp_experiment *e, const dist_comm *c, const train_hooks *h,
+              train_summary *out);
+
+/* The data splits an experiment describes (train, val, test), after class
+ * subset, K per class and split. val may be empty (n = 0). Not collective. */
+typedef struct {
+  nn_dataset train, val, test;
+  int nclasses;
+} train_data;
+int train_data_load(train_data *d, const exp_experiment *e);
+void train_data_free(train_data *d);
+
+#endif
