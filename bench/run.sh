@@ -22,7 +22,9 @@ env: FERRY (default build/ferry), BENCH_SGEMM (default build/bench/bench_sgemm),
      BUILD_DIR (default build; bench_sgemm is built there if missing),
      PYTHON (default /usr/bin/python3), BENCH_WORKDIR (default: mktemp -d),
      BENCH_FERRY_SET (extra "key=value ..." passed to ferry as --set each),
-     BENCH_EXAMPLES (directory of <model>-fmnist.yaml, default examples)
+     BENCH_EXAMPLES (directory of <model>-fmnist.yaml, default examples),
+     BENCH_VAL_FRAC (training fraction the PyTorch peer holds out, default 0.1 as
+     in the examples' data.val_frac)
 EOF
 }
 
@@ -32,6 +34,9 @@ EPOCHS=${BENCH_EPOCHS:-1}
 STEPS=${BENCH_STEPS:-0}
 THREADS=${BENCH_THREADS:-1}
 MODELS=${BENCH_MODELS:-mlp cnn}
+# The examples hold out data.val_frac = 0.1 of the training set; the peer
+# does the same so both train on 54000 samples per epoch.
+VAL_FRAC=${BENCH_VAL_FRAC:-0.1}
 TORCH_ONLY=0
 SGEMM=1
 KEEP=0
@@ -132,7 +137,7 @@ run_one() {
     for kv in ${BENCH_FERRY_SET:-}; do cmd+=(--set "$kv"); done
   else
     cmd=("$PYTHON" "$ROOT/bench/torch_train.py" --model "$model" --epochs "$EPOCHS"
-         --steps "$STEPS" --threads "$THREADS" --seed "$pair" --json)
+         --steps "$STEPS" --threads "$THREADS" --seed "$pair" --val-frac "$VAL_FRAC" --json)
   fi
   printf '%q ' "${cmd[@]}" >"$dir/cmd"
   if ! (cd "$ROOT" && "$TIME" -v -o "$dir/time.txt" "${cmd[@]}" >"$dir/stdout" 2>"$dir/stderr"); then
@@ -166,6 +171,7 @@ except OSError:
     pass
 json.dump({
     "threads": $THREADS, "pairs": $PAIRS, "epochs": $EPOCHS, "steps": $STEPS,
+    "pytorch_val_frac": $VAL_FRAC,
     "models": "$MODELS".split(), "torch_only": bool($TORCH_ONLY),
     "ferry": None if $TORCH_ONLY else "$FERRY",
     "env": {k: os.environ.get(k) for k in

@@ -50,6 +50,20 @@ def load_split(data_dir, prefix):
     return x, torch.from_numpy(y.astype(np.int64))
 
 
+def split_val(x, y, frac, seed):
+    """Hold out a random `frac` of the training set (as ferry's data.val_frac
+    does), so an epoch has as many samples as ferry's. Returns xtr, ytr, xva, yva
+    (xva, yva None when frac is 0)."""
+    if frac <= 0:
+        return x, y, None, None
+    if frac >= 1:
+        raise SystemExit(f"--val-frac must be in [0, 1), found {frac}")
+    perm = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed + 7919))
+    nval = int(round(frac * x.shape[0]))
+    va, tr = perm[:nval], perm[nval:]
+    return x[tr], y[tr], x[va], y[va]
+
+
 def make_model(name):
     if name == "mlp":
         return nn.Sequential(
@@ -126,17 +140,19 @@ def run_single(args):
     torch.manual_seed(args.seed)
     xtr, ytr = load_split(args.data_dir, "train")
     xte, yte = load_split(args.data_dir, "t10k")
+    xtr, ytr, xva, yva = split_val(xtr, ytr, args.val_frac, args.seed)
     model = make_model(args.model)
     opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum)
     samples, elapsed, steps = train_loop(model, opt, xtr, ytr, args.batch,
                                          args.epochs, args.steps, args.seed)
     acc = evaluate(model, xte, yte)
+    val_acc = evaluate(model, xva, yva) if xva is not None else None
     return {
         "system": "pytorch", "model": args.model, "threads": args.threads,
         "processes": 1, "train_samples_per_s": samples / elapsed,
-        "test_acc": acc, "wall_s": time.perf_counter() - t_start,
+        "test_acc": acc, "val_acc": val_acc, "wall_s": time.perf_counter() - t_start,
         "train_s": elapsed, "epochs": args.epochs, "steps": steps,
-        "batch": args.batch, "torch": torch.__version__,
+        "batch": args.batch, "train_size": xtr.shape[0], "torch": torch.__version__,
     }
 
 
@@ -151,6 +167,7 @@ def ddp_worker(rank, world, args, port, queue):
     torch.manual_seed(args.seed)  # same initial weights on every rank
     xtr, ytr = load_split(args.data_dir, "train")
     xte, yte = load_split(args.data_dir, "t10k")
+    xtr, ytr, _, _ = split_val(xtr, ytr, args.val_frac, args.seed)
     model = DDP(make_model(args.model))
     opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum)
     sampler = DistributedSampler(range(xtr.shape[0]), num_replicas=world,
@@ -208,13 +225,14 @@ def main():
                    help="gloo data parallel: --world processes x 1 thread")
     p.add_argument("--world", type=int, default=int(os.environ.get("WORLD_SIZE", "2")),
                    help="DDP processes (default: $WORLD_SIZE, else 2)")
+    p.add_argument("--val-frac", type=float, default=0.0,
+                   help="hold out this fraction of the training set (examples use 0.1)")
     p.add_argument("--data-dir", default=DATA_DIR)
     p.add_argument("--json", action="store_true",
                    help="print only the JSON line (default also adds a summary on stderr)")
     args = p.parse_args()
     if args.ddp:
-        check_thread_env(1)
-        out = run_ddp(args)
+        out = run_ddp(args)  # sets the workers' thread variables itself
     else:
         check_thread_env(args.threads)
         out = run_single(args)

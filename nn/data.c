@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -193,7 +194,7 @@ static int idx_plain_size(gzFile gz, const char *role, const char *path, int64_t
 static int idx_images(nn_dataset *ds, const char *path, int64_t max_n, int64_t *n_file) {
   const char *role = "images file";
   gzFile gz;
-  int64_t d[3];
+  int64_t d[3] = {0, 0, 0};
   CHECK_CALL(open_gz(&gz, path, role));
   int rc = idx_header(gz, role, path, 3, d);
   /* Each size is < 2^31, so rows*cols fits; n*rows*cols might not. */
@@ -248,6 +249,7 @@ static int idx_labels(nn_dataset *ds, const char *path, int64_t n_images, const 
   }
   gzclose(gz);
   if (rc) {
+    free(raw);
     ferry_err_trace(__FILE__, __LINE__, __func__);
     return rc;
   }
@@ -350,6 +352,17 @@ static void trim(const char **b, const char **e) {
 /* Parses a float filling exactly [b, e); returns 0 on success. */
 static int parse_float(const char *b, const char *e, float *v) {
   if (b == e) return -1;
+  /* Fast path for short integers (pixel CSVs): exact in a float, and the
+   * same value strtof would give. */
+  if (e - b <= 7) {
+    const char *p = b + (*b == '-');
+    int32_t m = 0;
+    while (p < e && *p >= '0' && *p <= '9') m = 10 * m + (*p++ - '0');
+    if (p == e && e > b + (*b == '-')) {
+      *v = *b == '-' ? -(float)m : (float)m;
+      return 0;
+    }
+  }
   char *end;
   errno = 0;
   float x = strtof(b, &end);

@@ -28,7 +28,8 @@ typedef struct {
  * plain, detected by zlib) and its label file (0x00000801). Validates magic,
  * dimensions, sizes and that counts agree; a bad file gives FERRY_EUSER with a
  * message naming the file, the field, expected vs found. max_n > 0 keeps only
- * the first max_n samples. Not collective. */
+ * the first max_n samples. labels may be NULL: every sample unlabelled (-1).
+ * Not collective. */
 int nn_data_read_idx(nn_dataset *ds, const char *images, const char *labels, int64_t max_n);
 /* Reads CSV rows "label,f1,...,fd" (optional header line detected when its
  * first field is not a number; gzip allowed). Every row must have the same d;

@@ -193,6 +193,8 @@ static size_t aux_floats(const nn_layer *L, int B) {
     return 2 * (size_t)B * L->spec.groups; /* mean, rstd */
   case NN_DROPOUT:
     return (size_t)B * nn_shape_numel(L->in); /* mask: 0 or 1/(1-p) */
+  case NN_RESIDUAL:
+    return 3 * nn_al16((size_t)B * nn_shape_numel(L->out)); /* gradient temporaries */
   default:
     return 0;
   }

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "err.h"
+#include "rng.h"
 
 #define ALIGN_FLOATS 16
 

@@ -68,15 +68,16 @@ void nn_optim_free(nn_optim *o) {
  * Not collective. */
 float nn_sched_lr(const nn_sched_cfg *s, float base_lr, int64_t t) {
   const double lr = base_lr;
+  const int64_t warm = s->warmup_steps > 0 ? s->warmup_steps : 0;
   if (t < 0) t = 0;
-  if (t < s->warmup_steps) return (float)(lr * (double)(t + 1) / (double)s->warmup_steps);
-  const int64_t tp = t - (s->warmup_steps > 0 ? s->warmup_steps : 0);
+  if (t < warm) return (float)(lr * (double)(t + 1) / (double)warm);
+  const int64_t tp = t - warm;
   switch (s->kind) {
   case NN_SCHED_STEP:
-    if (s->step_size <= 0) return base_lr;
+    if (s->step_size <= 0) return base_lr; /* rejected by config validation */
     return (float)(lr * pow((double)s->gamma, (double)(tp / s->step_size)));
   case NN_SCHED_COSINE: {
-    const int64_t span = s->total_steps - (s->warmup_steps > 0 ? s->warmup_steps : 0);
+    const int64_t span = s->total_steps - warm;
     if (tp >= span) return s->min_lr;
     const double lo = s->min_lr;
     return (float)(lo + (lr - lo) * 0.5 * (1.0 + cos(kPi * (double)tp / (double)span)));

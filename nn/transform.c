@@ -122,9 +122,26 @@ static void rot_quarter(int q, img_dims d, const float *in, float *out) {
   }
 }
 
+/* Bilinear sample of plane s (h x w) at (sy, sx) with zero outside. */
+static float bilinear_edge(const float *s, int h, int w, float sy, float sx) {
+  const float fx0 = floorf(sx), fy0 = floorf(sy);
+  const int x0 = (int)fx0, y0 = (int)fy0;
+  const float fx = sx - fx0, fy = sy - fy0;
+  float v = 0.0f;
+  for (int dy = 0; dy < 2; dy++) {
+    const int y = y0 + dy;
+    if (y < 0 || y >= h) continue;
+    const float wy = dy ? fy : 1.0f - fy;
+    if (x0 >= 0 && x0 < w) v += wy * (1.0f - fx) * s[(size_t)y * w + x0];
+    if (x0 + 1 >= 0 && x0 + 1 < w) v += wy * fx * s[(size_t)y * w + x0 + 1];
+  }
+  return v;
+}
+
 /* Rotation by deg degrees counter-clockwise about the image centre, bilinear
  * with zero outside. Output pixel (r, c) samples the input at the inverse
- * rotation of its offset from the centre (rows grow downwards). */
+ * rotation of its offset from the centre (rows grow downwards):
+ *   sx = cx + (c-cx) cos - (r-cy) sin,  sy = cy + (c-cx) sin + (r-cy) cos. */
 static void rot_bilinear(double deg, img_dims d, const float *in, float *out) {
   const double th = deg * (3.14159265358979323846 / 180.0);
   const float cs = (float)cos(th), sn = (float)sin(th);
@@ -135,35 +152,22 @@ static void rot_bilinear(double deg, img_dims d, const float *in, float *out) {
     for (int c = 0; c < d.w; c++) {
       const float xr = (float)c - cx;
       const float sx = cx + xr * cs - yr * sn, sy = cy + xr * sn + yr * cs;
+      const size_t o = (size_t)r * d.w + c;
       const float fx0 = floorf(sx), fy0 = floorf(sy);
       const int x0 = (int)fx0, y0 = (int)fy0;
-      const float fx = sx - fx0, fy = sy - fy0;
-      /* Weights of the four neighbours; a neighbour outside counts as 0. */
-      const int okx0 = x0 >= 0 && x0 < d.w, okx1 = x0 + 1 >= 0 && x0 + 1 < d.w;
-      const int oky0 = y0 >= 0 && y0 < d.h, oky1 = y0 + 1 >= 0 && y0 + 1 < d.h;
-      const size_t o = (size_t)r * d.w + c;
-      if (!((okx0 || okx1) && (oky0 || oky1))) {
-        for (int ch = 0; ch < d.c; ch++) out[ch * plane + o] = 0.0f;
-        continue;
-      }
-      for (int ch = 0; ch < d.c; ch++) {
-        const float *s = in + ch * plane;
-        float v = 0.0f;
-        if (oky0) {
-          const float *row = s + (size_t)y0 * d.w;
-          float a = 0.0f;
-          if (okx0) a += (1.0f - fx) * row[x0];
-          if (okx1 && fx != 0.0f) a += fx * row[x0 + 1];
-          v += (1.0f - fy) * a;
+      if (x0 >= 0 && y0 >= 0 && x0 + 1 < d.w && y0 + 1 < d.h) {
+        /* All four neighbours inside: the common case, no checks. */
+        const float fx = sx - fx0, fy = sy - fy0;
+        const float w00 = (1.0f - fy) * (1.0f - fx), w01 = (1.0f - fy) * fx;
+        const float w10 = fy * (1.0f - fx), w11 = fy * fx;
+        const size_t i00 = (size_t)y0 * d.w + x0;
+        for (int ch = 0; ch < d.c; ch++) {
+          const float *s = in + ch * plane + i00;
+          out[ch * plane + o] = w00 * s[0] + w01 * s[1] + w10 * s[d.w] + w11 * s[d.w + 1];
         }
-        if (oky1 && fy != 0.0f) {
-          const float *row = s + (size_t)(y0 + 1) * d.w;
-          float a = 0.0f;
-          if (okx0) a += (1.0f - fx) * row[x0];
-          if (okx1 && fx != 0.0f) a += fx * row[x0 + 1];
-          v += fy * a;
-        }
-        out[ch * plane + o] = v;
+      } else {
+        for (int ch = 0; ch < d.c; ch++)
+          out[ch * plane + o] = bilinear_edge(in + ch * plane, d.h, d.w, sy, sx);
       }
     }
   }
@@ -264,6 +268,14 @@ static int tf_apply(const nn_transform *T, img_dims d, int spatial, uint64_t k, 
 
 /* ---------------------------------------------------------------- batch -- */
 
+/* u8 / 255 for every byte value, folded at compile time: exact division
+ * without a division per pixel. */
+#define U8F1(i) (float)(i) / 255.0f
+#define U8F4(i) U8F1(i), U8F1((i) + 1), U8F1((i) + 2), U8F1((i) + 3)
+#define U8F16(i) U8F4(i), U8F4((i) + 4), U8F4((i) + 8), U8F4((i) + 12)
+#define U8F64(i) U8F16(i), U8F16((i) + 16), U8F16((i) + 32), U8F16((i) + 48)
+static const float u8_unit[256] = {U8F64(0), U8F64(64), U8F64(128), U8F64(192)};
+
 void nn_data_batch(const nn_dataset *ds, const int64_t *idx, int B, const nn_transform *tf,
                    int ntf, uint64_t key, float *x, int32_t *y, float *scratch) {
   const img_dims d = {ds->shape.c, ds->shape.h, ds->shape.w};
@@ -271,10 +283,13 @@ void nn_data_batch(const nn_dataset *ds, const int64_t *idx, int B, const nn_tra
   for (int b = 0; b < B; b++) {
     const int64_t row = idx[b];
     const uint64_t id = (uint64_t)(ds->ids ? ds->ids[row] : row);
-    float *cur = scratch, *spare = scratch + numel;
+    /* With one channel (or flat data) the sample is contiguous in x: work
+     * there directly and copy only if the last transform left it in scratch. */
+    float *dst = !ds->spatial || d.c == 1 ? x + (size_t)b * numel : NULL;
+    float *cur = dst ? dst : scratch, *spare = scratch + numel;
     if (ds->u8) {
       const uint8_t *s = ds->u8 + (size_t)row * numel;
-      for (size_t j = 0; j < numel; j++) cur[j] = (float)s[j] / 255.0f;
+      for (size_t j = 0; j < numel; j++) cur[j] = u8_unit[s[j]];
     } else {
       memcpy(cur, ds->f32 + (size_t)row * numel, numel * sizeof *cur);
     }
@@ -284,11 +299,11 @@ void nn_data_batch(const nn_dataset *ds, const int64_t *idx, int B, const nn_tra
         cur = spare;
         spare = tmp;
       }
-    if (ds->spatial) {
+    if (dst) {
+      if (cur != dst) memcpy(dst, cur, numel * sizeof *x);
+    } else {
       for (int ch = 0; ch < d.c; ch++)
         memcpy(x + ((size_t)ch * B + b) * plane, cur + ch * plane, plane * sizeof *x);
-    } else {
-      memcpy(x + (size_t)b * numel, cur, numel * sizeof *x);
     }
     if (y) y[b] = ds->labels[row];
   }

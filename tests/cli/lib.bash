@@ -1,0 +1,19 @@
+# Shared helpers for CLI tests, sourced by tests/cli/*.sh (which ctest runs).
+FERRY=${1:?ferry binary}
+SRC=${2:?source dir}
+TMP=$(mktemp -d /tmp/ferry-cli.XXXXXX)
+trap 'rm -rf "$TMP"' EXIT
+fails=0
+passes=0
+ok() { passes=$((passes + 1)); }
+bad() { fails=$((fails + 1)); echo "FAIL: $*" >&2; }
+# expect CODE PATTERN -- command...: runs it, checks exit code and that stderr+stdout match PATTERN.
+expect() {
+  local code=$1 pat=$2; shift 3
+  local out rc
+  out=$("$@" 2>&1); rc=$?
+  if [ "$rc" -ne "$code" ]; then bad "exit $rc (want $code): $* :: $out"; return; fi
+  if [ -n "$pat" ] && ! grep -qE -- "$pat" <<<"$out"; then bad "output lacks /$pat/: $* :: $out"; return; fi
+  ok
+}
+finish() { echo "$passes passed, $fails failed"; [ "$fails" -eq 0 ]; }
