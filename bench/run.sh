@@ -11,7 +11,7 @@ usage: bench/run.sh [options]
   --pairs N        ferry/pytorch pairs per model (env BENCH_PAIRS, default 3)
   --epochs N       epochs per run (env BENCH_EPOCHS, default 1)
   --steps K        stop each run after K optimizer steps (env BENCH_STEPS, default 0 = off);
-                   ferry gets --set $BENCH_FERRY_STEPS_KEY=K (default train.max_steps)
+                   ferry gets --set $BENCH_FERRY_STEPS_KEY=K (default train.steps)
   --threads 1|2    BLAS/OpenMP threads for both systems (env BENCH_THREADS, default 1);
                    with more than 1, OMP_WAIT_POLICY=PASSIVE is set as well
   --models "mlp cnn"   which models (env BENCH_MODELS)
@@ -60,7 +60,7 @@ EXAMPLES=${BENCH_EXAMPLES:-$ROOT/examples}
 FERRY=${FERRY:-$BUILD_DIR/ferry}
 BENCH_SGEMM=${BENCH_SGEMM:-$BUILD_DIR/bench/bench_sgemm}
 PYTHON=${PYTHON:-/usr/bin/python3}
-FERRY_STEPS_KEY=${BENCH_FERRY_STEPS_KEY:-train.max_steps}
+FERRY_STEPS_KEY=${BENCH_FERRY_STEPS_KEY:-train.steps}
 TIME=/usr/bin/time
 
 die() { echo "run.sh: $*" >&2; exit 1; }

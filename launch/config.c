@@ -152,8 +152,8 @@ static void path_key(char *out, const char *path, const char *key) {
 
 /* out = path[i]. */
 static void path_idx(char *out, const char *path, int i) {
-  path_key(out, path, "");
-  size_t o = strlen(out);
+  size_t o = 0;
+  for (const char *s = path; *s && o < CFG_PATH - 16; s++) out[o++] = *s;
   snprintf(out + o, CFG_PATH - o, "[%d]", i);
 }
 
@@ -360,13 +360,13 @@ typedef struct {
 static int rd_error(cfg_reader *r) {
   const yaml_parser_t *p = &r->p;
   CHECK_RT(p->error != YAML_MEMORY_ERROR, "out of memory while parsing YAML");
-  char ctx[160] = "", col[48] = "";
-  if (p->context)
+  char ctx[160] = "";
+  if (p->context && r->org->is_set) /* a one-line value: lines say nothing */
+    snprintf(ctx, sizeof ctx, " (%s)", p->context);
+  else if (p->context)
     snprintf(ctx, sizeof ctx, " (%s at line %d)", p->context, (int)p->context_mark.line + 1);
-  if (r->org->is_set)
-    snprintf(col, sizeof col, " at column %d of the value", (int)p->problem_mark.column + 1);
   FAIL_AT(r->org, (int)p->problem_mark.line + 1, (int)p->problem_mark.column + 1, "",
-          "malformed YAML: %s%s%s", p->problem ? p->problem : "unknown error", col, ctx);
+          "malformed YAML: %s%s", p->problem ? p->problem : "unknown error", ctx);
 }
 
 static int rd_next(cfg_reader *r, yaml_event_t *ev) {
@@ -709,12 +709,15 @@ static int conv_i64(const cfg_node *n, const char *path, const cfg_range *r, int
     FAIL(n, path, "expected an integer, found %s", found(n, fb, sizeof fb));
   errno = 0;
   long long v = strtoll(n->str, NULL, 10);
-  if (errno == ERANGE || v < tmin || v > tmax)
-    FAIL(n, path, "expected an integer in [%lld, %lld], found %s", (long long)tmin,
-         (long long)tmax, found(n, fb, sizeof fb));
-  if (!in_range(r, (double)v))
+  if (errno != ERANGE && !in_range(r, (double)v))
     FAIL(n, path, "expected an integer%s, found %s", range_text(r, 1, rb, sizeof rb),
          found(n, fb, sizeof fb));
+  if (errno == ERANGE || v < tmin || v > tmax) {
+    double lo = (double)tmin;
+    if (r->lo_set) lo = fmax(lo, r->lo_open ? floor(r->lo) + 1 : ceil(r->lo));
+    FAIL(n, path, "expected an integer in [%.0f, %lld], found %s", lo, (long long)tmax,
+         found(n, fb, sizeof fb));
+  }
   *out = v;
   return 0;
 }
@@ -1064,7 +1067,7 @@ static const cfg_key lp_dropout[] = {
     LP_NAME, {.name = NULL}};
 static const cfg_key lp_groupnorm[] = {
     {.name = "groups", .kind = K_INT, KF(nn_layer_spec, groups), .r = R_GE(1),
-     .def = "layer's choice", .doc = "channel groups; must divide the channels (1 = LayerNorm)"},
+     .def = "auto", .doc = "channel groups; must divide the channels (1 = LayerNorm)"},
     LP_NAME, {.name = NULL}};
 static const cfg_key lp_residual[] = {
     {.name = "out", .kind = K_INT, KF(nn_layer_spec, out), .flags = F_REQ, .r = R_GE(1),
@@ -1265,10 +1268,10 @@ static const cfg_item_kind tf_kinds[] = {
      "x = (x - mean) / std per channel"},
     {"invert", NN_TF_INVERT, tp_none, NULL, NULL, "x = 1 - x (on the [0,1] scale)"},
     {"rotate", NN_TF_ROTATE, tp_rotate, "degrees", check_rotate,
-     "rotation, bilinear, zero fill; `rotate: 90` = {degrees: 90}"},
+     "rotation, bilinear, zero fill"},
     {"noise", NN_TF_NOISE, tp_noise, "std", NULL, "additive Gaussian noise"},
     {"crop", NN_TF_CROP, tp_crop, "pad", NULL, "random crop after zero padding"},
-    {"hflip", NN_TF_HFLIP, tp_hflip, "p", NULL, "random horizontal flip; bare `hflip` = p 0.5"},
+    {"hflip", NN_TF_HFLIP, tp_hflip, "p", NULL, "random horizontal flip (bare `hflip`: p 0.5)"},
 };
 _Static_assert(sizeof tf_kinds / sizeof tf_kinds[0] == NN_TF_COUNT,
                "every nn_tf_kind needs an entry in tf_kinds");
@@ -1346,7 +1349,7 @@ static int conv_image(cfg_ctx *c, const cfg_node *n, const char *path, const cfg
 
 static const cfg_key k_source[] = {
     {.name = "format", .kind = K_ENUM, KF(exp_source, format), .flags = F_VARIANT,
-     NAMES(src_formats), .def = "csv if path is given, else idx", .doc = "file format"},
+     NAMES(src_formats), .def = "auto", .doc = "file format (default: csv if path is given, else idx)"},
     {.name = "images", .kind = K_STR, KF(exp_source, images), .flags = F_REQ | F_NONEMPTY,
      .only = 1u << EXP_SRC_IDX, .doc = "IDX image file (gzip or plain)"},
     {.name = "labels", .kind = K_STR, KF(exp_source, labels), .flags = F_REQ | F_NONEMPTY,
@@ -1354,7 +1357,7 @@ static const cfg_key k_source[] = {
     {.name = "path", .kind = K_STR, KF(exp_source, path), .flags = F_REQ | F_NONEMPTY,
      .only = 1u << EXP_SRC_CSV, .doc = "CSV file, rows label,f1,..,fd (gzip allowed)"},
     {.name = "image", .kind = K_FUNC, .r = R_GE(1), .only = 1u << EXP_SRC_CSV, .fn = conv_image,
-     .type = "[h, w] ints >= 1", .def = "none (flat features)",
+     .type = "[h, w] ints >= 1", .def = "none",
      .doc = "treat each row's h*w features as a 1-channel image"},
     {.name = "limit", .kind = K_I64, KF(exp_source, limit), .r = R_GE(0),
      .doc = "keep the first N samples (0 = all)"},
@@ -1412,7 +1415,7 @@ static int conv_classes(cfg_ctx *c, const cfg_node *n, const char *path, const c
 
 static const cfg_key k_data[] = {
     {.name = "name", .kind = K_STR, KF(exp_data, name),
-     .def = "dataset of a train shortcut", .doc = "dataset label for reports"},
+     .def = "from train", .doc = "dataset label for reports (default: the train shortcut's dataset)"},
     {.name = "train", .kind = K_FUNC, .off = offsetof(exp_data, train), .flags = F_REQ,
      .sub = k_source, .fn = conv_source, .type = "shortcut or mapping",
      .doc = "training data: mnist:train | mnist:test | fashion-mnist:train | fashion-mnist:test, "
@@ -1427,7 +1430,7 @@ static const cfg_key k_data[] = {
      .doc = "labelled training samples per class (0 = all)"},
     {.name = "val_frac", .kind = K_F64, KF(exp_data, val_frac), .r = R_CO(0, 1),
      .doc = "fraction of train held out for validation (stratified)"},
-    {.name = "seed", .kind = K_U64, KF(exp_data, seed), .def = "the top-level seed",
+    {.name = "seed", .kind = K_U64, KF(exp_data, seed), .def = "= seed",
      .doc = "seed of the class subset, K-per-class draw and validation split"},
     {.name = "transforms", .kind = K_FUNC, .fn = conv_tf, .type = "list of transforms",
      .def = "[]", .doc = "applied to every split (train, val, test), in order"},
@@ -1441,7 +1444,7 @@ static const cfg_key k_data[] = {
 static const char *const presets[] = {"mlp", "cnn", "resnet"};
 
 static const cfg_key k_model[] = {
-    {.name = "preset", .kind = K_STR, KF(exp_experiment, preset), NAMES(presets),
+    {.name = "preset", .kind = K_STR, KF(exp_experiment, preset), NAMES(presets), .def = "none",
      .doc = "built-in model: mlp | cnn | resnet, with one head sized by the data"},
     {.name = "trunk", .kind = K_FUNC, .fn = conv_trunk, .type = "list of layers",
      .doc = "the shared layer stack (see layers below)"},

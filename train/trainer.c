@@ -58,6 +58,8 @@ static uint64_t hash_params(const nn_model *m) {
 static int setup(trainer *t) {
   const exp_experiment *e = t->e;
   CHECK_CALL(train_data_load(&t->d, e));
+  CHECK_CALL(nn_tf_check(e->data.tf, e->data.ntf, &t->d.train));
+  CHECK_CALL(nn_tf_check(e->data.aug, e->data.naug, &t->d.train));
   nn_model_spec spec = e->model;
   if (e->preset[0]) CHECK_CALL(nn_model_preset(&spec, e->preset, "main", t->d.nclasses));
   spec.in = t->d.train.shape;
