@@ -3,7 +3,7 @@
 records into the comparison report (one JSON document).
 
   summarize.py record SYSTEM MODEL PAIR RUN_DIR      -> one JSON line on stdout
-  summarize.py report RECORDS.jsonl SGEMM.json CONFIG.json -> report on stdout
+  summarize.py report RECORDS.jsonl SGEMM.json[,MORE.json] CONFIG.json -> report
 
 A run directory holds stdout, stderr, time.txt (GNU time -v) and, for ferry,
 out/summary.json. Any missing or malformed number is an error (exit 1).
@@ -117,7 +117,37 @@ def flop_rate(sps_median, sgemm_run):
     return out
 
 
-def cmd_report(records_path, sgemm_path, config_path):
+SGEMM_KEYS = ("peak_gflops", "sq1024_gflops", "mlp_step_gflops")
+
+
+def best_sgemm(paths, threads):
+    """Reads bench_sgemm documents (e.g. before and after the runs). Returns
+    (summary, best) where best holds, for the given thread count, the highest
+    of each rate over the documents: a ceiling is best estimated by the
+    fastest moment. summary lists every measurement."""
+    measurements, best, config = [], {}, None
+    for path in paths:
+        try:
+            with open(path) as f:
+                doc = json.load(f)
+        except (OSError, json.JSONDecodeError) as e:
+            fail(f"sgemm result {path}: {e}")
+        config = doc.get("openblas_config")
+        found = False
+        for r in doc["runs"]:
+            measurements.append({"file": os.path.basename(path), "threads": r["threads"],
+                                 "openblas_threads": r["openblas_threads"],
+                                 **{k: r[k] for k in SGEMM_KEYS}})
+            if r["threads"] == threads:
+                found = True
+                for k in SGEMM_KEYS:
+                    best[k] = max(best.get(k, 0.0), r[k])
+        if not found:
+            fail(f"{path}: no sgemm run at {threads} threads")
+    return {"measurements": measurements, "openblas_config": config}, best
+
+
+def cmd_report(records_path, sgemm_paths, config_path):
     with open(config_path) as f:
         config = json.load(f)
     recs = []
@@ -126,13 +156,8 @@ def cmd_report(records_path, sgemm_path, config_path):
             if line.strip():
                 recs.append(json.loads(line))
     sgemm_run = sgemm_doc = None
-    if sgemm_path != "-":
-        with open(sgemm_path) as f:
-            sgemm_doc = json.load(f)
-        runs = {r["threads"]: r for r in sgemm_doc["runs"]}
-        sgemm_run = runs.get(config["threads"])
-        if sgemm_run is None:
-            fail(f"{sgemm_path}: no sgemm run at {config['threads']} threads")
+    if sgemm_paths != "-":
+        sgemm_doc, sgemm_run = best_sgemm(sgemm_paths.split(","), config["threads"])
     models = {}
     for model in config["models"]:
         f_recs = sorted((r for r in recs if r["model"] == model and r["system"] == "ferry"),
@@ -159,9 +184,7 @@ def cmd_report(records_path, sgemm_path, config_path):
             "peak_gflops": sgemm_run["peak_gflops"],
             "sq1024_gflops": sgemm_run["sq1024_gflops"],
             "mlp_step_gflops": sgemm_run["mlp_step_gflops"],
-            "all_runs": [{k: r[k] for k in ("threads", "openblas_threads", "peak_gflops",
-                                             "sq1024_gflops", "mlp_step_gflops")}
-                         for r in sgemm_doc["runs"]],
+            "measurements": sgemm_doc["measurements"],
             "openblas_config": sgemm_doc.get("openblas_config"),
         }
     print(json.dumps(report, indent=2))
@@ -174,7 +197,7 @@ def main(argv):
         cmd_report(*argv[2:])
     else:
         fail("usage: summarize.py record SYSTEM MODEL PAIR RUN_DIR | "
-             "report RECORDS.jsonl SGEMM.json|- CONFIG.json")
+             "report RECORDS.jsonl SGEMM.json[,SGEMM2.json...]|- CONFIG.json")
 
 
 if __name__ == "__main__":

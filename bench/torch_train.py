@@ -40,28 +40,44 @@ def read_idx(path):
 
 
 def load_split(data_dir, prefix):
+    """Raw uint8 images (N,28,28) and int labels of one IDX split."""
     x = read_idx(os.path.join(data_dir, f"{prefix}-images-idx3-ubyte.gz"))
     y = read_idx(os.path.join(data_dir, f"{prefix}-labels-idx1-ubyte.gz"))
-    x = x.astype(np.float32)  # in place from here: one float copy at peak
+    return x, y.astype(np.int64)
+
+
+def to_tensors(x, y):
+    """x/255, then (x-0.2860)/0.3530, as float32 N,1,28,28 (the examples'
+    normalisation); done in place so only one float copy exists at peak."""
+    if x is None:
+        return None, None
+    x = x.astype(np.float32)
     x /= 255.0
     x -= MEAN
     x /= STD
-    x = torch.from_numpy(x).unsqueeze(1)  # N,1,28,28
-    return x, torch.from_numpy(y.astype(np.int64))
+    return torch.from_numpy(x).unsqueeze(1), torch.from_numpy(y)
 
 
 def split_val(x, y, frac, seed):
     """Hold out a random `frac` of the training set (as ferry's data.val_frac
-    does), so an epoch has as many samples as ferry's. Returns xtr, ytr, xva, yva
-    (xva, yva None when frac is 0)."""
+    does), so an epoch has as many samples as ferry's. Returns xtr, ytr, xva,
+    yva (xva, yva None when frac is 0)."""
     if frac <= 0:
         return x, y, None, None
     if frac >= 1:
         raise SystemExit(f"--val-frac must be in [0, 1), found {frac}")
-    perm = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed + 7919))
+    perm = np.random.default_rng(seed + 7919).permutation(x.shape[0])
     nval = int(round(frac * x.shape[0]))
     va, tr = perm[:nval], perm[nval:]
     return x[tr], y[tr], x[va], y[va]
+
+
+def load_data(args):
+    """Train (minus the held-out part), validation (or None) and test tensors."""
+    xtr, ytr = load_split(args.data_dir, "train")
+    xtr, ytr, xva, yva = split_val(xtr, ytr, args.val_frac, args.seed)
+    xte, yte = load_split(args.data_dir, "t10k")
+    return to_tensors(xtr, ytr) + to_tensors(xva, yva) + to_tensors(xte, yte)
 
 
 def make_model(name):
@@ -138,9 +154,7 @@ def run_single(args):
     t_start = time.perf_counter()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    xtr, ytr = load_split(args.data_dir, "train")
-    xte, yte = load_split(args.data_dir, "t10k")
-    xtr, ytr, xva, yva = split_val(xtr, ytr, args.val_frac, args.seed)
+    xtr, ytr, xva, yva, xte, yte = load_data(args)
     model = make_model(args.model)
     opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum)
     samples, elapsed, steps = train_loop(model, opt, xtr, ytr, args.batch,
@@ -165,9 +179,7 @@ def ddp_worker(rank, world, args, port, queue):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.manual_seed(args.seed)  # same initial weights on every rank
-    xtr, ytr = load_split(args.data_dir, "train")
-    xte, yte = load_split(args.data_dir, "t10k")
-    xtr, ytr, _, _ = split_val(xtr, ytr, args.val_frac, args.seed)
+    xtr, ytr, _, _, xte, yte = load_data(args)
     model = DDP(make_model(args.model))
     opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum)
     sampler = DistributedSampler(range(xtr.shape[0]), num_replicas=world,

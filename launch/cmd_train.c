@@ -140,10 +140,11 @@ static int write_summary(const char *dir, const exp_experiment *e, const train_s
   fprintf(f,
           ",\n  \"steps\": %lld,\n  \"epochs\": %d,\n  \"n_train\": %lld,\n  \"n_val\": %lld,\n"
           "  \"n_test\": %lld,\n  \"nparams\": %zu,\n  \"world_size\": %d,\n"
-          "  \"param_hash\": \"%016llx\",\n  \"ferry_version\": \"%s\"\n}\n",
+          "  \"param_hash\": \"%016llx\",\n  \"experiment_hash\": \"%016llx\",\n"
+          "  \"ferry_version\": \"%s\"\n}\n",
           (long long)s->steps, s->epochs, (long long)s->n_train, (long long)s->n_val,
           (long long)s->n_test, s->nparams, s->world, (unsigned long long)s->param_hash,
-          FERRY_VERSION);
+          (unsigned long long)e->text_hash, FERRY_VERSION);
   int bad = ferror(f);
   bad |= fclose(f);
   CHECK_RT(!bad && rename(tmp, path) == 0, "cannot write %s", path);

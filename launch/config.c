@@ -1349,7 +1349,8 @@ static int conv_image(cfg_ctx *c, const cfg_node *n, const char *path, const cfg
 
 static const cfg_key k_source[] = {
     {.name = "format", .kind = K_ENUM, KF(exp_source, format), .flags = F_VARIANT,
-     NAMES(src_formats), .def = "auto", .doc = "file format (default: csv if path is given, else idx)"},
+     NAMES(src_formats), .def = "auto",
+     .doc = "file format (default: csv if path is given, else idx)"},
     {.name = "images", .kind = K_STR, KF(exp_source, images), .flags = F_REQ | F_NONEMPTY,
      .only = 1u << EXP_SRC_IDX, .doc = "IDX image file (gzip or plain)"},
     {.name = "labels", .kind = K_STR, KF(exp_source, labels), .flags = F_REQ | F_NONEMPTY,
@@ -1406,7 +1407,8 @@ static int conv_classes(cfg_ctx *c, const cfg_node *n, const char *path, const c
     path_idx(sub, path, i);
     CHECK_CALL(conv_i64(n->val[i], sub, &k->r, 0, INT_MAX, &v));
     for (int j = 0; j < i; j++)
-      if (d->classes[j] == v) FAIL(n->val[i], sub, "duplicate class %d (also %s[%d])", (int)v, path, j);
+      if (d->classes[j] == v)
+        FAIL(n->val[i], sub, "duplicate class %d (also %s[%d])", (int)v, path, j);
     d->classes[i] = (int)v;
   }
   d->nclasses_keep = n->n;
@@ -1415,7 +1417,8 @@ static int conv_classes(cfg_ctx *c, const cfg_node *n, const char *path, const c
 
 static const cfg_key k_data[] = {
     {.name = "name", .kind = K_STR, KF(exp_data, name),
-     .def = "from train", .doc = "dataset label for reports (default: the train shortcut's dataset)"},
+     .def = "from train",
+     .doc = "dataset label for reports (default: the train shortcut's dataset)"},
     {.name = "train", .kind = K_FUNC, .off = offsetof(exp_data, train), .flags = F_REQ,
      .sub = k_source, .fn = conv_source, .type = "shortcut or mapping",
      .doc = "training data: mnist:train | mnist:test | fashion-mnist:train | fashion-mnist:test, "
@@ -1619,6 +1622,7 @@ int cfg_load_string(exp_experiment *e, const char *yaml_text, const char *name,
   exp_defaults(e);
   cfg_ctx c = {{0}, 0};
   int rc = load(&c, e, yaml_text, strlen(yaml_text), name ? name : "<string>", sets, nsets);
+  if (!rc) e->text_hash = cfg_text_hash(yaml_text, strlen(yaml_text), sets, nsets);
   arena_free(&c.ar);
   return rc;
 }
@@ -1661,6 +1665,7 @@ int cfg_load(exp_experiment *e, const char *path, const char *const *sets, int n
   CHECK_CALL(read_file(path, &text, &len));
   cfg_ctx c = {{0}, 0};
   int rc = load(&c, e, text, len, path, sets, nsets);
+  if (!rc) e->text_hash = cfg_text_hash(text, len, sets, nsets);
   arena_free(&c.ar);
   free(text);
   return rc;

@@ -14,7 +14,9 @@
 #include "layer_ops.h"
 
 /* Target floats of one chunk's col block (~512 KiB, half of a 1 MiB L2). */
+#ifndef CONV_CHUNK_FLOATS
 #define CONV_CHUNK_FLOATS ((size_t)1 << 17)
+#endif
 
 typedef struct {
   int C, H, W, O, OH, OW, k, s, pad;
@@ -44,10 +46,22 @@ static int chunk_samples(const conv_dims *d, int B) {
   return nb < (size_t)B ? (int)nb : B;
 }
 
+/* The zero-padded plane im2col reads from: (H+2pad) x (W+2pad), plus slack
+ * for the 8-float block reads of the last rows. */
+static size_t padded_floats(const conv_dims *d) {
+  return nn_al16((size_t)(d->H + 2 * d->pad) * (d->W + 2 * d->pad) + 8);
+}
+
 size_t nn_conv_aux_floats(const nn_layer *L, int B) {
   if (is_pointwise(L)) return 0;
   conv_dims d = dims_of(L);
-  return (size_t)d.K * (size_t)chunk_samples(&d, B) * d.ohw;
+  return nn_al16((size_t)d.K * (size_t)chunk_samples(&d, B) * d.ohw) + padded_floats(&d);
+}
+
+/* The padded plane sits at the end of aux, after the col block sized for
+ * the bound batch. */
+static float *pad_plane(const nn_layer *L, const conv_dims *d) {
+  return L->aux + L->aux_len - padded_floats(d);
 }
 
 /* Outputs o in [*lo, *hi) read input o*s - pad + kk inside [0, n). */
@@ -61,37 +75,42 @@ static void valid_range(int n, int nout, int s, int pad, int kk, int *lo, int *h
   *hi = h;
 }
 
-/* col[K][nb*ohw] for samples b0 .. b0+nb of x [C][B][H][W]. */
-static void im2col(const conv_dims *d, const float *restrict x, int B, int b0, int nb,
-                   float *restrict col) {
-  const int OW = d->OW, s = d->s;
+/* Copies 8*nblk floats; the caller tolerates the overshoot past its row. */
+static inline void copy_blocks(float *dst, const float *src, int nblk) {
+  for (int j = 0; j < nblk; j++) memcpy(dst + 8 * j, src + 8 * j, 8 * sizeof *dst);
+}
+
+/* col[K][nb*ohw] for samples b0 .. b0+nb of x [C][B][H][W]. Each input
+ * plane is first copied into the zero-padded plane P, so a col row is a
+ * plain (strided) copy with no bounds tests. With stride 1 and OW >= 8 each
+ * output row is copied as whole 8-float blocks: the overshoot (< 8 floats)
+ * lands in the next output row, which is written right after; the last row
+ * of each plane is copied exactly. */
+static void im2col(const conv_dims *d, const float *x, int B, int b0, int nb,
+                   float *restrict col, float *restrict P) {
+  const int Wp = d->W + 2 * d->pad, OW = d->OW, OH = d->OH, s = d->s, k = d->k;
   const size_t nc = (size_t)nb * d->ohw;
+  const int nblk = s == 1 && OW >= 8 ? (OW + 7) / 8 : 0;
+  memset(P, 0, padded_floats(d) * sizeof *P);
   for (int ci = 0; ci < d->C; ci++) {
-    for (int kh = 0; kh < d->k; kh++) {
-      int oy0, oy1;
-      valid_range(d->H, d->OH, s, d->pad, kh, &oy0, &oy1);
-      for (int kw = 0; kw < d->k; kw++) {
-        int ox0, ox1;
-        valid_range(d->W, OW, s, d->pad, kw, &ox0, &ox1);
-        const int len = ox1 - ox0, ix0 = ox0 * s - d->pad + kw;
-        float *row = col + ((size_t)(ci * d->k + kh) * d->k + kw) * nc;
-        for (int bi = 0; bi < nb; bi++) {
-          const float *xp = x + ((size_t)ci * B + b0 + bi) * d->hw;
-          float *r = row + (size_t)bi * d->ohw;
-          memset(r, 0, (size_t)oy0 * OW * sizeof *r);
-          for (int oy = oy0; oy < oy1; oy++) {
-            const float *restrict xs = xp + (size_t)(oy * s - d->pad + kh) * d->W + ix0;
-            float *restrict rr = r + (size_t)oy * OW;
-            for (int ox = 0; ox < ox0; ox++) rr[ox] = 0.0f;
-            if (s == 1)
-              for (int j = 0; j < len; j++) rr[ox0 + j] = xs[j];
-            else
-              for (int j = 0; j < len; j++) rr[ox0 + j] = xs[j * s];
-            for (int ox = ox1; ox < OW; ox++) rr[ox] = 0.0f;
+    for (int bi = 0; bi < nb; bi++) {
+      const float *xp = x + ((size_t)ci * B + b0 + bi) * d->hw;
+      for (int iy = 0; iy < d->H; iy++)
+        memcpy(P + (size_t)(iy + d->pad) * Wp + d->pad, xp + (size_t)iy * d->W,
+               (size_t)d->W * sizeof *P);
+      for (int kh = 0; kh < k; kh++)
+        for (int kw = 0; kw < k; kw++) {
+          const float *src = P + (size_t)kh * Wp + kw;
+          float *dst = col + ((size_t)(ci * k + kh) * k + kw) * nc + (size_t)bi * d->ohw;
+          int oy = 0;
+          if (nblk)
+            for (; oy < OH - 1; oy++) copy_blocks(dst + (size_t)oy * OW, src + (size_t)oy * Wp, nblk);
+          for (; oy < OH; oy++) {
+            const float *restrict sr = src + (size_t)oy * s * Wp;
+            float *restrict dr = dst + (size_t)oy * OW;
+            for (int ox = 0; ox < OW; ox++) dr[ox] = sr[ox * s];
           }
-          memset(r + (size_t)oy1 * OW, 0, (size_t)(d->OH - oy1) * OW * sizeof *r);
         }
-      }
     }
   }
 }
@@ -167,7 +186,7 @@ void nn_conv_forward(nn_layer *L, const float *x, int B) {
   for (int b0 = 0; b0 < B; b0 += nb) {
     const int n = nb < B - b0 ? nb : B - b0;
     const size_t nc = (size_t)n * d.ohw, c0 = (size_t)b0 * d.ohw;
-    im2col(&d, x, B, b0, n, L->aux);
+    im2col(&d, x, B, b0, n, L->aux, pad_plane(L, &d));
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, d.O, (int)nc, d.K, 1.0f, L->W, d.K,
                 L->aux, (int)nc, 0.0f, L->y + c0, (int)N);
     if (L->b) add_bias(L->y, L->b, d.O, N, c0, nc);
@@ -195,7 +214,7 @@ void nn_conv_backward(nn_layer *L, const float *x, const float *dy, float *dx, i
     const int n = nb < B - b0 ? nb : B - b0;
     const size_t nc = (size_t)n * d.ohw, c0 = (size_t)b0 * d.ohw;
     if (train) {
-      im2col(&d, x, B, b0, n, L->aux);
+      im2col(&d, x, B, b0, n, L->aux, pad_plane(L, &d));
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, d.O, d.K, (int)nc, 1.0f, dy + c0,
                   (int)N, L->aux, (int)nc, 1.0f, L->dW, d.K);
       if (L->db) add_bias_grad(L->db, dy, d.O, N, c0, nc);

@@ -6,6 +6,14 @@
 
 #include "layer.h"
 
+/* gcc 12 at -O2 uses the "very cheap" vectoriser cost model, which leaves
+ * scalar every loop whose trip count is not a known multiple of the vector
+ * width, i.e. all of the kernels' elementwise loops. The dynamic model lets
+ * them vectorise (with a scalar epilogue). Only nn/layer*.c include this. */
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC optimize("vect-cost-model=dynamic")
+#endif
+
 /* Rounds a float count up to a multiple of 16 (64-byte blocks). */
 static inline size_t nn_al16(size_t n) { return (n + 15) & ~(size_t)15; }
 

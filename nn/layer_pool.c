@@ -1,8 +1,8 @@
 /* Pooling on [c][B][h][w] activations: max and average pooling (no padding)
  * and global average pooling to flat [B][c]. Every (channel, sample) plane
  * is contiguous, so all three work plane by plane. Maxpool keeps the argmax
- * (int32 in aux) for backward; 2x2 stride-2 pooling, the common case, has a
- * branch-free path that stores the window position 0..3. */
+ * (int32 plane index in aux) for backward; 2x2 stride-2 pooling, the common
+ * case, has a vectorisable path that stores the window position instead. */
 #include <stdint.h>
 #include <string.h>
 
@@ -10,35 +10,34 @@
 
 static int is_2x2(const nn_layer *L) { return L->spec.k == 2 && L->spec.stride == 2; }
 
-static void maxpool2x2_forward(const float *restrict xp, float *restrict yp, int32_t *restrict ap,
+/* The window position (0..3, row-major) is kept as a float so that the loop
+ * has one element type and vectorises; ties go to the first position. */
+static void maxpool2x2_forward(const float *restrict xp, float *restrict yp, float *restrict ap,
                                int W, int OH, int OW) {
   for (int oy = 0; oy < OH; oy++) {
-    const float *r0 = xp + (size_t)(2 * oy) * W, *r1 = r0 + W;
-    float *yr = yp + (size_t)oy * OW;
-    int32_t *ar = ap + (size_t)oy * OW;
+    const float *restrict r0 = xp + (size_t)(2 * oy) * W, *restrict r1 = r0 + W;
+    float *restrict yr = yp + (size_t)oy * OW, *restrict ar = ap + (size_t)oy * OW;
     for (int ox = 0; ox < OW; ox++) {
       float a = r0[2 * ox], b = r0[2 * ox + 1], c = r1[2 * ox], d = r1[2 * ox + 1];
-      float m01 = a >= b ? a : b, m23 = c >= d ? c : d;
-      int32_t i01 = a >= b ? 0 : 1, i23 = c >= d ? 2 : 3;
-      yr[ox] = m01 >= m23 ? m01 : m23;
-      ar[ox] = m01 >= m23 ? i01 : i23;
+      float m01 = b > a ? b : a, m23 = d > c ? d : c;
+      float i01 = b > a ? 1.0f : 0.0f, i23 = d > c ? 3.0f : 2.0f;
+      yr[ox] = m23 > m01 ? m23 : m01;
+      ar[ox] = m23 > m01 ? i23 : i01;
     }
   }
 }
 
-static void maxpool2x2_backward(const float *restrict gp, const int32_t *restrict ap,
+static void maxpool2x2_backward(const float *restrict gp, const float *restrict ap,
                                 float *restrict dp, int H, int W, int OH, int OW) {
   for (int oy = 0; oy < OH; oy++) {
-    float *d0 = dp + (size_t)(2 * oy) * W, *d1 = d0 + W;
-    const float *gr = gp + (size_t)oy * OW;
-    const int32_t *ar = ap + (size_t)oy * OW;
+    float *restrict d0 = dp + (size_t)(2 * oy) * W, *restrict d1 = d0 + W;
+    const float *restrict gr = gp + (size_t)oy * OW, *restrict ar = ap + (size_t)oy * OW;
     for (int ox = 0; ox < OW; ox++) {
-      float g = gr[ox];
-      int32_t i = ar[ox];
-      d0[2 * ox] = i == 0 ? g : 0.0f;
-      d0[2 * ox + 1] = i == 1 ? g : 0.0f;
-      d1[2 * ox] = i == 2 ? g : 0.0f;
-      d1[2 * ox + 1] = i == 3 ? g : 0.0f;
+      float g = gr[ox], i = ar[ox];
+      d0[2 * ox] = i == 0.0f ? g : 0.0f;
+      d0[2 * ox + 1] = i == 1.0f ? g : 0.0f;
+      d1[2 * ox] = i == 2.0f ? g : 0.0f;
+      d1[2 * ox + 1] = i == 3.0f ? g : 0.0f;
     }
     if (W & 1) d0[W - 1] = d1[W - 1] = 0.0f;
   }
@@ -53,11 +52,11 @@ void nn_maxpool_forward(nn_layer *L, const float *x, int B) {
   for (size_t pl = 0; pl < planes; pl++) {
     const float *xp = x + pl * hw;
     float *yp = L->y + pl * ohw;
-    int32_t *ap = arg + pl * ohw;
     if (is_2x2(L)) {
-      maxpool2x2_forward(xp, yp, ap, W, OH, OW);
+      maxpool2x2_forward(xp, yp, L->aux + pl * ohw, W, OH, OW);
       continue;
     }
+    int32_t *ap = arg + pl * ohw;
     for (int oy = 0; oy < OH; oy++)
       for (int ox = 0; ox < OW; ox++) {
         int bi = oy * s * W + ox * s;
@@ -83,12 +82,12 @@ void nn_maxpool_backward(nn_layer *L, const float *dy, float *dx, int B) {
   const int32_t *arg = (const int32_t *)L->aux;
   for (size_t pl = 0; pl < planes; pl++) {
     const float *gp = dy + pl * ohw;
-    const int32_t *ap = arg + pl * ohw;
     float *dp = dx + pl * hw;
     if (is_2x2(L)) {
-      maxpool2x2_backward(gp, ap, dp, H, W, OH, OW);
+      maxpool2x2_backward(gp, L->aux + pl * ohw, dp, H, W, OH, OW);
       continue;
     }
+    const int32_t *ap = arg + pl * ohw;
     memset(dp, 0, hw * sizeof *dp);
     for (size_t j = 0; j < ohw; j++) dp[ap[j]] += gp[j];
   }

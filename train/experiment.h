@@ -44,6 +44,7 @@ typedef struct {
 typedef struct {
   char name[128];
   char text_path[EXP_PATH_MAX]; /* the experiment file, for provenance */
+  uint64_t text_hash;        /* hash of the file text and --set overrides */
   uint64_t seed;
   exp_data data;
   nn_model_spec model;       /* trunk + heads (a preset expands into it) */

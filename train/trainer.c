@@ -189,10 +189,11 @@ static int run(trainer *t, train_summary *out) {
     char what[512];
     snprintf(what, sizeof what,
              "data %s: %lld train, %lld val, %lld test, %d classes, %dx%dx%d | model: %zu "
-             "parameters | %d epochs x %lld steps, global batch %d on %d rank%s",
+             "parameters | %lld steps (%d epoch%s of %lld), global batch %d on %d rank%s",
              e->data.name[0] ? e->data.name : "?", (long long)ds->n, (long long)t->d.val.n,
              (long long)t->d.test.n, t->d.nclasses, ds->shape.c, ds->shape.h, ds->shape.w,
-             t->m->nparams, epochs, (long long)per_epoch, e->batch, c->size,
+             t->m->nparams, (long long)total, epochs, epochs == 1 ? "" : "s", (long long)per_epoch,
+             e->batch, c->size,
              c->size == 1 ? "" : "s");
     t->h->on_start(t->h->ctx, what);
   }

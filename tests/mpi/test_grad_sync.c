@@ -115,6 +115,22 @@ static void report(dist_grad_sync *s, const layout *L, report_mode mode, uint64_
   for (int k = 0; k < 3; k++) dist_grad_sync_ready(s, 0, 0);
 }
 
+/* Buckets must start during the reports, not only in finish (that is the
+ * overlap): the byte counter grows when a bucket starts. */
+static void check_started(const dist_comm *c, const layout *L, report_mode mode, size_t bytes) {
+  size_t all = c->size > 1 ? L->train_floats * sizeof(float) : 0;
+  switch (mode) {
+  case REPORT_NONE:
+  case REPORT_PARTIAL:
+    CHECK_MSG(bytes == 0, "mode %s started %zu bytes", report_names[mode], bytes);
+    break;
+  case REPORT_HALF: CHECK_MSG(bytes < all || all == 0, "half started everything"); break;
+  default:
+    CHECK_MSG(bytes == all, "mode %s started %zu of %zu bytes before finish", report_names[mode],
+              bytes, all);
+  }
+}
+
 /* Runs steps with every reporting mode on one synchroniser; checks bits. */
 static void check_bucket_size(const dist_comm *c, const layout *L, size_t bucket_bytes,
                               int want_buckets) {
@@ -134,7 +150,11 @@ static void check_bucket_size(const dist_comm *c, const layout *L, size_t bucket
     fill(own, L->slab, bucket_bytes, c->rank, step);
     memcpy(g, own, L->slab * sizeof *g);
     expected(L, own, want, c->comm);
+    size_t before = 0, started = 0;
+    dist_grad_sync_stats(s, NULL, &before, NULL);
     report(s, L, mode, (uint64_t)step);
+    dist_grad_sync_stats(s, NULL, &started, NULL);
+    check_started(c, L, mode, started - before);
     rc = dist_grad_sync_finish(s);
     CHECK_MSG(rc == 0, "finish: %s", ferry_err_msg());
     CHECK_MSG(memcmp(g, want, L->slab * sizeof *g) == 0,

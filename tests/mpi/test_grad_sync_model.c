@@ -94,7 +94,8 @@ static void check_model(const dist_comm *c, const char *preset, const char *free
     rc = dist_grad_sync_finish(s);
     CHECK_MSG(rc == 0, "%s", ferry_err_msg());
     CHECK(cb.calls > 0);
-    if (!strcmp(preset, "cnn") && !freeze) CHECK_MSG(cb.zero_calls > 0, "no len==0 report from cnn");
+    if (!strcmp(preset, "cnn") && !freeze)
+      CHECK_MSG(cb.zero_calls > 0, "no len==0 report from cnn");
     /* Reduction order inside MPI may differ from MPI_Allreduce's: compare
      * with a tolerance on trainable groups, bitwise on frozen ones. */
     size_t bad = 0;
