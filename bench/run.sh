@@ -145,6 +145,9 @@ run_one() {
          --steps "$STEPS" --threads "$THREADS" --seed "$pair" --val-frac "$VAL_FRAC" --json)
   fi
   printf '%q ' "${cmd[@]}" >"$dir/cmd"
+  # The 1-minute load before the run: above ~1 (this benchmark's own run)
+  # means something else was using the cores and the pair is suspect.
+  cut -d' ' -f1 /proc/loadavg >"$dir/loadavg"
   if ! (cd "$ROOT" && "$TIME" -v -o "$dir/time.txt" "${cmd[@]}" >"$dir/stdout" 2>"$dir/stderr"); then
     log "$system $model pair $pair FAILED: $(cat "$dir/cmd")"
     tail -n 20 "$dir/stderr" >&2 || true

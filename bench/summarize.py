@@ -40,6 +40,14 @@ def peak_rss_mb(path):
     fail(f"{path}: no 'Maximum resident set size' line (was /usr/bin/time -v used?)")
 
 
+def read_loadavg(path):
+    try:
+        with open(path) as f:
+            return float(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
 def number(d, key, where):
     v = d.get(key)
     if not isinstance(v, (int, float)) or isinstance(v, bool):
@@ -80,11 +88,12 @@ def cmd_record(system, model, pair, run_dir):
         "test_acc": number(d, "test_acc", src),
         "wall_s": number(d, "wall_s", src),
         "peak_rss_mb": round(peak_rss_mb(os.path.join(run_dir, "time.txt")), 1),
+        "loadavg_before": read_loadavg(os.path.join(run_dir, "loadavg")),
     }
     print(json.dumps(rec))
     print(f"{model} pair {pair} {system}: {rec['train_samples_per_s']:.0f} samples/s, "
-          f"test_acc {rec['test_acc']:.4f}, peak RSS {rec['peak_rss_mb']:.0f} MB",
-          file=sys.stderr)
+          f"test_acc {rec['test_acc']:.4f}, peak RSS {rec['peak_rss_mb']:.0f} MB, "
+          f"load before {rec['loadavg_before']}", file=sys.stderr)
 
 
 def med(xs):
@@ -103,6 +112,7 @@ def side(recs):
         "wall_s": [round(r["wall_s"], 2) for r in recs],
         "peak_rss_mb": [r["peak_rss_mb"] for r in recs],
         "peak_rss_mb_max": max(r["peak_rss_mb"] for r in recs),
+        "loadavg_before": [r.get("loadavg_before") for r in recs],
     }
 
 

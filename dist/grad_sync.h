@@ -1,7 +1,7 @@
 /* Gradient synchronisation across the ranks of a data-parallel group.
  * (1) Bucketed sum-allreduce that overlaps backward: ranges of the gradient
  *     slab are reported as they become final, full buckets are reduced with
- *     MPI_Iallreduce, progress is driven by MPI_Test at each report.
+ *     non-blocking exchanges, progress is driven by polling at each report.
  * (2) A deterministic tree reduction whose result is bitwise independent of the
  *     number of ranks.
  * dist/ sees flat float ranges only; it knows nothing about layers. */
@@ -25,25 +25,30 @@ typedef struct dist_grad_sync dist_grad_sync;
  * ranges from the last to the first, each holding whole ranges up to
  * bucket_bytes; a range larger than bucket_bytes gets a bucket of its own
  * (ranges are never split). A bucket whose ranges are adjacent in the slab is
- * reduced in place; otherwise it is packed into a buffer allocated here, once.
- * c is copied; its communicator must outlive *out. *out is owned by the
- * caller: free with dist_grad_sync_free. FERRY_EUSER on unsorted/overlapping
- * ranges or bucket_bytes == 0. Not collective (no communication), but every
- * rank of c must create it with the same ranges and bucket_bytes. */
+ * reduced in place; otherwise it is packed into a buffer allocated here, once
+ * (with scratch for the exchange: all memory is allocated here, none per
+ * step). On a power-of-two number of ranks buckets are reduced by recursive
+ * halving/doubling (dist/allreduce_hd.h), otherwise by MPI_Iallreduce.
+ * Duplicates c's communicator, so traffic never mixes with the caller's.
+ * *out is owned by the caller: free with dist_grad_sync_free. FERRY_EUSER on
+ * unsorted/overlapping ranges or bucket_bytes == 0. Collective over c (the
+ * duplication); every rank must pass the same ranges and bucket_bytes. */
 int dist_grad_sync_new(dist_grad_sync **out, const dist_comm *c, float *grads,
                        const dist_range *ranges, int nranges, size_t bucket_bytes);
 
-/* Frees *s and sets it to NULL; NULL-safe. Must not be called while a step is
- * in flight (between the first ready that started a bucket and finish).
- * Not collective. */
+/* Frees *s (and its duplicate communicator) and sets it to NULL; NULL-safe.
+ * Must not be called while a step is in flight (between the first ready that
+ * started a bucket and finish). Collective over c (MPI_Comm_free). */
 void dist_grad_sync_free(dist_grad_sync **s);
 
 /* Marks every registered range contained in [off, off+len) final (a report
  * that only partly covers a range is ignored: that range is then started by
  * finish). When the last range of a bucket is marked, the bucket is packed
- * and its MPI_Iallreduce (MPI_SUM, MPI_FLOAT) started. Every call, including
- * len == 0, drives progress with MPI_Testsome over outstanding requests,
- * because this Open MPI makes no asynchronous progress. Signature matches
+ * and its float sum over ranks started. Every call, including len == 0,
+ * polls every bucket in flight (MPI_Testall, posting its next exchange round
+ * when one completes), because this Open MPI makes no asynchronous progress:
+ * the more often ready is called, the more communication hides behind
+ * compute. Does not block and does not allocate. Signature matches
  * nn_grad_ready_fn when wrapped (ctx = s). Reporting a range twice in a step
  * is harmless (the second report is ignored). The ranges of a started bucket
  * must not be written until finish returns.
@@ -53,7 +58,7 @@ void dist_grad_sync_free(dist_grad_sync **s);
 void dist_grad_sync_ready(dist_grad_sync *s, size_t off, size_t len);
 
 /* Starts every bucket not yet started (in bucket order: last layers first),
- * waits for all requests and unpacks packed buckets into grads, so that each
+ * waits for all of them and unpacks packed buckets into grads, so that each
  * registered range holds the sum over ranks. Resets for the next step.
  * Collective over c. Returns 0, or FERRY_ERUNTIME (message with the MPI error
  * text). An error is sticky: the gradients are undefined, every later finish
@@ -61,9 +66,10 @@ void dist_grad_sync_ready(dist_grad_sync *s, size_t off, size_t len);
  * be blocked in the allreduce. */
 int dist_grad_sync_finish(dist_grad_sync *s);
 
-/* Cumulative since creation: seconds blocked inside finish, bytes handed to
- * allreduce by this rank, and the (fixed) number of buckets. Any pointer may be
- * NULL. Not collective. */
+/* Cumulative since creation: seconds blocked inside finish, bytes of gradient
+ * reduced (sum of started bucket sizes; the bytes on the wire depend on the
+ * algorithm), and the (fixed) number of buckets. Any pointer may be NULL.
+ * Not collective. */
 void dist_grad_sync_stats(const dist_grad_sync *s, double *wait_s, size_t *bytes, int *nbuckets);
 
 /* Benchmark switch (default on). Off: ready and finish do no communication

@@ -1453,6 +1453,8 @@ static const cfg_key k_model[] = {
      .doc = "the shared layer stack (see layers below)"},
     {.name = "heads", .kind = K_FUNC, .fn = conv_heads, .type = "mapping name -> layers",
      .doc = "named heads on the trunk's output, in order (max 16)"},
+    {.name = "init", .kind = K_ENUM, KF(exp_experiment, model.init), NAMES(nn_init_names),
+     .doc = "weight init: torch (Kaiming-uniform a=sqrt(5), PyTorch's default) | he | xavier"},
     {.name = NULL}};
 
 static const char *const opt_names[] = {"sgd", "adamw"};
@@ -1537,6 +1539,8 @@ static const cfg_key k_sched[] = {
 
 static const char *const progress_names[] = {"auto", "bar", "plain"};
 static const int progress_values[] = {-1, 1, 0};
+static const char *const nan_names[] = {"stop", "skip"};
+static const int nan_values[] = {EXP_NAN_STOP, EXP_NAN_SKIP};
 
 static const cfg_key k_train[] = {
     {.name = "epochs", .kind = K_INT, KF(exp_experiment, epochs), .r = R_GE(1),
@@ -1559,6 +1563,20 @@ static const cfg_key k_train[] = {
      .doc = "BLAS threads per rank (0 = leave OpenBLAS's default)"},
     {.name = "progress", .kind = K_ENUM, KF(exp_experiment, progress), NAMES(progress_names),
      .values = progress_values, .doc = "auto (bar on a terminal) | bar | plain lines"},
+    {.name = "shards", .kind = K_INT, KF(exp_experiment, shards), .r = R_CC(1, 4096),
+     .doc = "fixed logical data shards; the sample order depends on it, not on the rank count"},
+    {.name = "deterministic", .kind = K_BOOL, KF(exp_experiment, deterministic),
+     .doc = "bitwise-identical parameters for 1, 2, 4... ranks (slower)"},
+    {.name = "det_leaves", .kind = K_INT, KF(exp_experiment, det_leaves), .r = R_CC(1, 1024),
+     .doc = "deterministic: gradient leaves per step (power of 2, divides shards; ranks must divide it)"},
+    {.name = "bucket_kb", .kind = K_INT, KF(exp_experiment, bucket_kb), .r = R_GE(1),
+     .doc = "gradient allreduce bucket size in KiB"},
+    {.name = "check_every", .kind = K_INT, KF(exp_experiment, check_every), .r = R_GE(0),
+     .doc = "compare parameter checksums across ranks every K steps (0 = never)"},
+    {.name = "nan", .kind = K_ENUM, KF(exp_experiment, nan_policy), NAMES(nan_names),
+     .values = nan_values, .doc = "non-finite loss or gradient: stop (error) | skip the step on all ranks"},
+    {.name = "log_every", .kind = K_INT, KF(exp_experiment, log_every), .r = R_GE(0),
+     .doc = "write the global loss to steps.jsonl every K steps (0 = off)"},
     {.name = NULL}};
 
 static const cfg_key k_top[] = {

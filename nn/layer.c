@@ -134,6 +134,8 @@ static int setup_op(nn_layer *L, const char *nm, const char *ins) {
     CHECK_USER(s->out >= 0, "layer '%s': residual out channels must be >= 1 (0 = same as input), found %d",
                nm, s->out);
     CHECK_USER(s->stride >= 0, "layer '%s': residual stride must be >= 1, found %d", nm, s->stride);
+    CHECK_USER(s->k == 0 || s->k == 3,
+               "layer '%s': a residual block uses 3x3 convs (k 3 or unset), found k %d", nm, s->k);
     if (s->out == 0) s->out = L->in.c;
     if (s->stride == 0) s->stride = 1;
     L->out = (nn_shape){s->out, sweep_out(L->in.h, 3, s->stride, 1),
@@ -188,7 +190,7 @@ static size_t aux_floats(const nn_layer *L, int B) {
   case NN_CONV2D:
     return nn_conv_aux_floats(L, B);
   case NN_MAXPOOL2D:
-    return (size_t)B * nn_shape_numel(L->out); /* int32 argmax per output */
+    return (size_t)B * nn_shape_numel(L->out); /* argmax per output, see layer_pool.c */
   case NN_GROUPNORM:
     return 2 * (size_t)B * L->spec.groups; /* mean, rstd */
   case NN_DROPOUT:
@@ -256,8 +258,18 @@ size_t nn_layer_bind_params(nn_layer *L, float *params, float *grads, size_t off
   return L->w_len + L->b_len;
 }
 
-static void init_weights(nn_layer *L, nn_rng *r, int fan_in, int fan_out, int relu_next) {
-  if (relu_next) {
+const char *const nn_init_names[NN_INIT_COUNT] = {"torch", "he", "xavier"};
+
+static void init_weights(nn_layer *L, nn_rng *r, int fan_in, int fan_out, int relu_next,
+                         nn_init_scheme scheme) {
+  if (scheme == NN_INIT_TORCH) {
+    double a = 1.0 / sqrt((double)fan_in);
+    for (size_t i = 0; i < L->w_len; i++) L->W[i] = (float)(a * (2.0 * nn_rng_uniform(r) - 1.0));
+    for (size_t i = 0; L->b && i < L->b_len; i++)
+      L->b[i] = (float)(a * (2.0 * nn_rng_uniform(r) - 1.0));
+    return;
+  }
+  if (relu_next && scheme == NN_INIT_HE) {
     double sd = sqrt(2.0 / fan_in);
     for (size_t i = 0; i < L->w_len; i++) L->W[i] = (float)(sd * nn_rng_normal(r));
   } else {
@@ -267,28 +279,32 @@ static void init_weights(nn_layer *L, nn_rng *r, int fan_in, int fan_out, int re
   if (L->b) memset(L->b, 0, L->b_len * sizeof *L->b);
 }
 
-void nn_layer_init(nn_layer *L, uint64_t seed, int relu_next) {
+void nn_layer_init_scheme(nn_layer *L, uint64_t seed, int relu_next, nn_init_scheme scheme) {
   nn_rng r;
   nn_rng_seed(&r, nn_key(seed, nn_hash_str(L->spec.name)));
   const nn_layer_spec *s = &L->spec;
   switch (s->op) {
   case NN_DENSE:
-    init_weights(L, &r, L->in.c, L->out.c, relu_next);
+    init_weights(L, &r, L->in.c, L->out.c, relu_next, scheme);
     break;
   case NN_CONV2D:
-    init_weights(L, &r, L->in.c * s->k * s->k, s->out * s->k * s->k, relu_next);
+    init_weights(L, &r, L->in.c * s->k * s->k, s->out * s->k * s->k, relu_next, scheme);
     break;
   case NN_GROUPNORM:
     for (size_t i = 0; i < L->w_len; i++) L->W[i] = 1.0f;
     memset(L->b, 0, L->b_len * sizeof *L->b);
     break;
   case NN_RESIDUAL:
-    /* Every conv in the block feeds (through a GN) a ReLU: He for all. */
-    for (int i = 0; i < L->nsub; i++) nn_layer_init(&L->sub[i], seed, 1);
+    /* Every conv in the block feeds (through a GN) a ReLU. */
+    for (int i = 0; i < L->nsub; i++) nn_layer_init_scheme(&L->sub[i], seed, 1, scheme);
     break;
   default:
     break;
   }
+}
+
+void nn_layer_init(nn_layer *L, uint64_t seed, int relu_next) {
+  nn_layer_init_scheme(L, seed, relu_next, NN_INIT_HE);
 }
 
 void nn_layer_forward(nn_layer *L, const float *x, const nn_pass *p) {

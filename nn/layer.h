@@ -103,6 +103,20 @@ size_t nn_layer_bind_params(nn_layer *L, float *params, float *grads, size_t off
  * GN gamma 1 beta 0. Keyed by (seed, layer name) so that adding a head does
  * not change the trunk's initial values. */
 void nn_layer_init(nn_layer *L, uint64_t seed, int relu_next);
+
+/* Initialisation schemes for dense and conv weights (fan_in = inputs per
+ * output unit):
+ *  NN_INIT_TORCH  (default) He/Kaiming-uniform with negative slope a = sqrt(5),
+ *                 i.e. W ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)), bias likewise:
+ *                 PyTorch's nn.Linear / nn.Conv2d defaults, so learning rates
+ *                 tuned there carry over (SGD lr 0.05 + momentum 0.9 on the CNN
+ *                 is unstable early with plain He-normal);
+ *  NN_INIT_HE     He-normal N(0, 2/fan_in) before ReLU-like layers, Xavier-
+ *                 uniform otherwise, zero bias (nn_layer_init);
+ *  NN_INIT_XAVIER Xavier-uniform everywhere, zero bias. */
+typedef enum { NN_INIT_TORCH, NN_INIT_HE, NN_INIT_XAVIER, NN_INIT_COUNT } nn_init_scheme;
+extern const char *const nn_init_names[NN_INIT_COUNT];
+void nn_layer_init_scheme(nn_layer *L, uint64_t seed, int relu_next, nn_init_scheme scheme);
 /* Forward over B rows: reads x, writes L->y (and aux). */
 void nn_layer_forward(nn_layer *L, const float *x, const nn_pass *p);
 /* Backward: given x (the forward input) and dy, ACCUMULATES (+=) parameter

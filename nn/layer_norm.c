@@ -14,6 +14,53 @@ typedef struct {
   size_t hw, cs, bs; /* element (c, b, s) is at c*cs + b*bs + s */
 } gn_dims;
 
+/* Plane reductions with 8 partial sums, so that they vectorise (a float sum
+ * in one accumulator cannot be reordered by the compiler). */
+static float plane_sum(const float *restrict a, size_t n) {
+  float acc[8] = {0};
+  size_t j = 0;
+  for (; j + 8 <= n; j += 8)
+    for (int l = 0; l < 8; l++) acc[l] += a[j + l];
+  float t = 0.0f;
+  for (; j < n; j++) t += a[j];
+  for (int l = 0; l < 8; l++) t += acc[l];
+  return t;
+}
+
+static float plane_sqdev(const float *restrict a, size_t n, float m) {
+  float acc[8] = {0};
+  size_t j = 0;
+  for (; j + 8 <= n; j += 8)
+    for (int l = 0; l < 8; l++) acc[l] += (a[j + l] - m) * (a[j + l] - m);
+  float t = 0.0f;
+  for (; j < n; j++) t += (a[j] - m) * (a[j] - m);
+  for (int l = 0; l < 8; l++) t += acc[l];
+  return t;
+}
+
+/* *sg = sum g, *sgx = sum g*(x - m) */
+static void plane_sums2(const float *restrict g, const float *restrict x, size_t n, float m,
+                        float *sg, float *sgx) {
+  float a1[8] = {0}, a2[8] = {0};
+  size_t j = 0;
+  for (; j + 8 <= n; j += 8)
+    for (int l = 0; l < 8; l++) {
+      a1[l] += g[j + l];
+      a2[l] += g[j + l] * (x[j + l] - m);
+    }
+  float t1 = 0.0f, t2 = 0.0f;
+  for (; j < n; j++) {
+    t1 += g[j];
+    t2 += g[j] * (x[j] - m);
+  }
+  for (int l = 0; l < 8; l++) {
+    t1 += a1[l];
+    t2 += a2[l];
+  }
+  *sg = t1;
+  *sgx = t2;
+}
+
 static gn_dims gn_dims_of(const nn_layer *L, int B) {
   gn_dims d = {.C = L->in.c, .G = L->spec.groups};
   d.cg = d.C / d.G;
@@ -31,20 +78,11 @@ void nn_groupnorm_forward(nn_layer *L, const float *x, int B) {
     for (int g = 0; g < d.G; g++) {
       const size_t base = (size_t)b * d.bs;
       double s = 0.0;
-      for (int c = g * d.cg; c < (g + 1) * d.cg; c++) {
-        const float *restrict xp = x + base + (size_t)c * d.cs;
-        float t = 0.0f;
-        for (size_t j = 0; j < d.hw; j++) t += xp[j];
-        s += t;
-      }
+      for (int c = g * d.cg; c < (g + 1) * d.cg; c++) s += plane_sum(x + base + (size_t)c * d.cs, d.hw);
       const float mean = (float)(s / n);
       double v = 0.0;
-      for (int c = g * d.cg; c < (g + 1) * d.cg; c++) {
-        const float *restrict xp = x + base + (size_t)c * d.cs;
-        float t = 0.0f;
-        for (size_t j = 0; j < d.hw; j++) t += (xp[j] - mean) * (xp[j] - mean);
-        v += t;
-      }
+      for (int c = g * d.cg; c < (g + 1) * d.cg; c++)
+        v += plane_sqdev(x + base + (size_t)c * d.cs, d.hw, mean);
       const float rstd = (float)(1.0 / sqrt(v / n + GN_EPS));
       mean_s[b * d.G + g] = mean;
       rstd_s[b * d.G + g] = rstd;
@@ -71,13 +109,9 @@ void nn_groupnorm_backward(nn_layer *L, const float *x, const float *dy, float *
       const float mean = mean_s[b * d.G + g], rstd = rstd_s[b * d.G + g];
       double m1 = 0.0, m2 = 0.0;
       for (int c = g * d.cg; c < (g + 1) * d.cg; c++) {
-        const float *restrict xp = x + base + (size_t)c * d.cs;
-        const float *restrict gp = dy + base + (size_t)c * d.cs;
-        float sdy = 0.0f, sdyx = 0.0f;
-        for (size_t j = 0; j < d.hw; j++) {
-          sdy += gp[j];
-          sdyx += gp[j] * (xp[j] - mean);
-        }
+        float sdy, sdyx;
+        plane_sums2(dy + base + (size_t)c * d.cs, x + base + (size_t)c * d.cs, d.hw, mean, &sdy,
+                    &sdyx);
         sdyx *= rstd;
         if (train) {
           L->db[c] += sdy;

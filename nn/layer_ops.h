@@ -49,7 +49,7 @@ void nn_groupnorm_forward(nn_layer *L, const float *x, int B);
 void nn_groupnorm_backward(nn_layer *L, const float *x, const float *dy, float *dx, int B);
 
 /* residual basic block: sub-layers built in setup; scratch holds their
- * workspaces and the gradient temporaries. */
+ * workspaces, aux three gradient temporaries of the output size. */
 int nn_residual_setup(nn_layer *L);
 size_t nn_residual_scratch_floats(const nn_layer *L, int B);
 void nn_residual_bind_scratch(nn_layer *L, int B);

@@ -10,52 +10,74 @@
 
 static int is_2x2(const nn_layer *L) { return L->spec.k == 2 && L->spec.stride == 2; }
 
-/* The window position (0..3, row-major) is kept as a float so that the loop
- * has one element type and vectorises; ties go to the first position. */
-static void maxpool2x2_forward(const float *restrict xp, float *restrict yp, float *restrict ap,
-                               int W, int OH, int OW) {
-  for (int oy = 0; oy < OH; oy++) {
-    const float *restrict r0 = xp + (size_t)(2 * oy) * W, *restrict r1 = r0 + W;
-    float *restrict yr = yp + (size_t)oy * OW, *restrict ar = ap + (size_t)oy * OW;
-    for (int ox = 0; ox < OW; ox++) {
-      float a = r0[2 * ox], b = r0[2 * ox + 1], c = r1[2 * ox], d = r1[2 * ox + 1];
-      float m01 = b > a ? b : a, m23 = d > c ? d : c;
-      float i01 = b > a ? 1.0f : 0.0f, i23 = d > c ? 3.0f : 2.0f;
-      yr[ox] = m23 > m01 ? m23 : m01;
-      ar[ox] = m23 > m01 ? i23 : i01;
-    }
+/* 2x2 stride-2 maxpool, row by row. The window position (0..3, row-major;
+ * ties go to the first) is kept as a float so that each row loop has one
+ * element type and vectorises. Output rows are short (7 or 14), so a row is
+ * run to a multiple of 8 whenever the tensor extends that far: the extra
+ * lanes read the following rows and write into outputs of the following
+ * rows, which are computed (overwritten) afterwards. Only the tensor's last
+ * rows take the exact length. */
+static void pool2_fw_row(const float *restrict r0, const float *restrict r1, float *restrict yr,
+                         float *restrict ar, int n) {
+  for (int ox = 0; ox < n; ox++) {
+    float a = r0[2 * ox], b = r0[2 * ox + 1], c = r1[2 * ox], d = r1[2 * ox + 1];
+    float m01 = b > a ? b : a, m23 = d > c ? d : c;
+    float i01 = b > a ? 1.0f : 0.0f, i23 = d > c ? 3.0f : 2.0f;
+    yr[ox] = m23 > m01 ? m23 : m01;
+    ar[ox] = m23 > m01 ? i23 : i01;
   }
 }
 
-static void maxpool2x2_backward(const float *restrict gp, const float *restrict ap,
-                                float *restrict dp, int H, int W, int OH, int OW) {
-  for (int oy = 0; oy < OH; oy++) {
-    float *restrict d0 = dp + (size_t)(2 * oy) * W, *restrict d1 = d0 + W;
-    const float *restrict gr = gp + (size_t)oy * OW, *restrict ar = ap + (size_t)oy * OW;
-    for (int ox = 0; ox < OW; ox++) {
-      float g = gr[ox], i = ar[ox];
-      d0[2 * ox] = i == 0.0f ? g : 0.0f;
-      d0[2 * ox + 1] = i == 1.0f ? g : 0.0f;
-      d1[2 * ox] = i == 2.0f ? g : 0.0f;
-      d1[2 * ox + 1] = i == 3.0f ? g : 0.0f;
-    }
-    if (W & 1) d0[W - 1] = d1[W - 1] = 0.0f;
+/* One input row of the backward: d[2ox + j] = g[ox] where the window's
+ * position is c0 + j. */
+static void pool2_bw_row(float *restrict d, const float *restrict g, const float *restrict ar,
+                         int n, float c0, float c1) {
+  for (int ox = 0; ox < n; ox++) {
+    d[2 * ox] = ar[ox] == c0 ? g[ox] : 0.0f;
+    d[2 * ox + 1] = ar[ox] == c1 ? g[ox] : 0.0f;
   }
-  if (H & 1) memset(dp + (size_t)(H - 1) * W, 0, (size_t)W * sizeof *dp);
+}
+
+static void maxpool2x2_forward(nn_layer *L, const float *x, int B) {
+  const int H = L->in.h, W = L->in.w, OH = L->out.h, OW = L->out.w, OWr = (OW + 7) & ~7;
+  const size_t hw = (size_t)H * W, ohw = (size_t)OH * OW, planes = (size_t)L->in.c * B;
+  const size_t nin = planes * hw, nout = planes * ohw;
+  for (size_t pl = 0; pl < planes; pl++)
+    for (int oy = 0; oy < OH; oy++) {
+      const size_t i0 = pl * hw + (size_t)(2 * oy) * W, o = pl * ohw + (size_t)oy * OW;
+      const int n = i0 + W + 2 * (size_t)OWr <= nin && o + OWr <= nout ? OWr : OW;
+      pool2_fw_row(x + i0, x + i0 + W, L->y + o, L->aux + o, n);
+    }
+}
+
+static void maxpool2x2_backward(nn_layer *L, const float *dy, float *dx, int B) {
+  const int H = L->in.h, W = L->in.w, OH = L->out.h, OW = L->out.w, OWr = (OW + 7) & ~7;
+  const size_t hw = (size_t)H * W, ohw = (size_t)OH * OW, planes = (size_t)L->in.c * B;
+  const size_t nin = planes * hw, nout = planes * ohw;
+  for (size_t pl = 0; pl < planes; pl++) {
+    for (int oy = 0; oy < OH; oy++) {
+      const size_t i0 = pl * hw + (size_t)(2 * oy) * W, o = pl * ohw + (size_t)oy * OW;
+      const int n = i0 + W + 2 * (size_t)OWr <= nin && o + OWr <= nout ? OWr : OW;
+      pool2_bw_row(dx + i0, dy + o, L->aux + o, n, 0.0f, 1.0f);
+      pool2_bw_row(dx + i0 + W, dy + o, L->aux + o, n, 2.0f, 3.0f);
+      if (W & 1) dx[i0 + W - 1] = dx[i0 + 2 * (size_t)W - 1] = 0.0f;
+    }
+    if (H & 1) memset(dx + pl * hw + (size_t)(H - 1) * W, 0, (size_t)W * sizeof *dx);
+  }
 }
 
 void nn_maxpool_forward(nn_layer *L, const float *x, int B) {
   const int W = L->in.w, OH = L->out.h, OW = L->out.w, k = L->spec.k, s = L->spec.stride;
   const size_t hw = (size_t)L->in.h * W, ohw = (size_t)OH * OW;
   const size_t planes = (size_t)L->in.c * B;
+  if (is_2x2(L)) {
+    maxpool2x2_forward(L, x, B);
+    return;
+  }
   int32_t *arg = (int32_t *)L->aux;
   for (size_t pl = 0; pl < planes; pl++) {
     const float *xp = x + pl * hw;
     float *yp = L->y + pl * ohw;
-    if (is_2x2(L)) {
-      maxpool2x2_forward(xp, yp, L->aux + pl * ohw, W, OH, OW);
-      continue;
-    }
     int32_t *ap = arg + pl * ohw;
     for (int oy = 0; oy < OH; oy++)
       for (int ox = 0; ox < OW; ox++) {
@@ -79,14 +101,14 @@ void nn_maxpool_backward(nn_layer *L, const float *dy, float *dx, int B) {
   const int H = L->in.h, W = L->in.w, OH = L->out.h, OW = L->out.w;
   const size_t hw = (size_t)H * W, ohw = (size_t)OH * OW;
   const size_t planes = (size_t)L->in.c * B;
+  if (is_2x2(L)) {
+    maxpool2x2_backward(L, dy, dx, B);
+    return;
+  }
   const int32_t *arg = (const int32_t *)L->aux;
   for (size_t pl = 0; pl < planes; pl++) {
     const float *gp = dy + pl * ohw;
     float *dp = dx + pl * hw;
-    if (is_2x2(L)) {
-      maxpool2x2_backward(gp, L->aux + pl * ohw, dp, H, W, OH, OW);
-      continue;
-    }
     const int32_t *ap = arg + pl * ohw;
     memset(dp, 0, hw * sizeof *dp);
     for (size_t j = 0; j < ohw; j++) dp[ap[j]] += gp[j];

@@ -264,12 +264,14 @@ void nn_model_free(nn_model **pm) {
 
 void nn_model_init_params(nn_model *m, uint64_t seed) {
   for (int i = 0; i < m->trunk.nlayers; i++)
-    nn_layer_init(&m->trunk.layers[i], seed, is_relu_like(&m->trunk, i));
+    nn_layer_init_scheme(&m->trunk.layers[i], seed, is_relu_like(&m->trunk, i),
+                         (nn_init_scheme)m->spec.init);
   for (int h = 0; h < m->nheads; h++) {
     /* Head layers are keyed by head name too, so two heads differ. */
     uint64_t hseed = seed ^ nn_hash_str(m->heads[h].name);
     for (int i = 0; i < m->heads[h].nlayers; i++)
-      nn_layer_init(&m->heads[h].layers[i], hseed, is_relu_like(&m->heads[h], i));
+      nn_layer_init_scheme(&m->heads[h].layers[i], hseed, is_relu_like(&m->heads[h], i),
+                           (nn_init_scheme)m->spec.init);
   }
 }
 

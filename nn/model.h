@@ -29,6 +29,7 @@ typedef struct {
   nn_stack_spec trunk;
   int nheads;
   nn_stack_spec heads[NN_MAX_HEADS];
+  int init;              /* nn_init_scheme of nn_model_init_params */
 } nn_model_spec;
 
 typedef struct {

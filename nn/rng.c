@@ -2,11 +2,25 @@
 #include "rng.h"
 
 #include <math.h>
+#include <string.h>
 
 uint64_t nn_hash_str(const char *s) {
   uint64_t h = 0xcbf29ce484222325ULL;
   for (; *s; s++) h = (h ^ (unsigned char)*s) * 0x100000001b3ULL;
   return nn_mix64(h);
+}
+
+uint64_t nn_hash_bytes(const void *p, size_t n) {
+  const unsigned char *b = p;
+  uint64_t h = 0x9e3779b97f4a7c15ULL ^ (uint64_t)n, w;
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    memcpy(&w, b + i, 8);
+    h = (h ^ nn_mix64(w)) * 0xff51afd7ed558ccdULL;
+  }
+  w = 0;
+  if (i < n) memcpy(&w, b + i, n - i);
+  return nn_mix64(h ^ nn_mix64(w + n));
 }
 
 void nn_rng_seed(nn_rng *r, uint64_t seed) {

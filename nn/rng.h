@@ -8,6 +8,7 @@
 #ifndef FERRY_NN_RNG_H
 #define FERRY_NN_RNG_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 typedef struct { uint64_t s[4]; } nn_rng;
@@ -31,6 +32,10 @@ static inline float nn_urand(uint64_t key, uint64_t ctr) { return nn_u01(nn_hash
 
 /* Derive a sub-key from a key and a tag (e.g. a layer index or purpose). */
 static inline uint64_t nn_key(uint64_t key, uint64_t tag) { return nn_hash64(key, tag ^ 0xa5a5a5a5a5a5a5a5ULL); }
+/* 64-bit hash of n bytes (8 bytes per round, then mixed): fast enough to
+ * checksum every parameter often. Equal bytes give equal hashes on every
+ * machine of the same endianness. */
+uint64_t nn_hash_bytes(const void *p, size_t n);
 /* Hash of a string, for keys derived from names (FNV-1a then mixed). */
 uint64_t nn_hash_str(const char *s);
 

@@ -20,5 +20,11 @@ void exp_defaults(exp_experiment *e) {
   e->sched.kind = NN_SCHED_CONSTANT;
   e->sched.gamma = 0.1f;
   e->progress = -1;
+  e->shards = 16;
+  e->det_leaves = 4;
+  e->bucket_kb = 256;
+  e->check_every = 100;
+  e->nan_policy = EXP_NAN_STOP;
+  e->log_every = 10;
   strcpy(e->out_dir, "runs/experiment");
 }

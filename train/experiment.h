@@ -16,6 +16,7 @@
 #define EXP_MAX_CLASSES 256
 
 typedef enum { EXP_SRC_IDX, EXP_SRC_CSV } exp_src_format;
+enum { EXP_NAN_STOP = 0, EXP_NAN_SKIP = 1 };
 
 /* One data file set: IDX images+labels, or one CSV file. */
 typedef struct {
@@ -61,6 +62,19 @@ typedef struct {
   int threads;               /* BLAS threads per rank; 0 = leave as is */
   char out_dir[EXP_PATH_MAX];
   int progress;              /* -1 auto (tty), 0 plain lines, 1 live bar */
+  /* data-parallel */
+  int shards;                /* M fixed logical data shards (the sample order
+                                depends on M, never on the rank count) */
+  int deterministic;         /* bitwise-identical results for any rank count */
+  int det_leaves;            /* deterministic: gradient leaves per step (power of 2) */
+  int bucket_kb;             /* gradient allreduce bucket size */
+  int check_every;           /* compare parameter checksums every K steps (0 = never) */
+  int nan_policy;            /* EXP_NAN_STOP or EXP_NAN_SKIP */
+  int log_every;             /* steps.jsonl: one line every K steps (0 = off) */
+  /* Fault injection for tests (launch fills it from FERRY_FAULT): "R:KIND"
+   * or "R:KIND@STEP" with KIND data | alloc | nan | diverge. Empty = off. */
+  char fault[64];
+  int bench_no_sync;         /* bench only: skip gradient communication */
 } exp_experiment;
 
 void exp_defaults(exp_experiment *e);

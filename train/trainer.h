@@ -26,6 +26,8 @@ typedef struct {
   void (*on_step)(void *ctx, int epoch, int64_t step, int64_t total_steps, double loss,
                   double elapsed_s);
   void (*on_epoch)(void *ctx, const train_epoch_stats *s);
+  /* Every log_every steps: the global mean training loss of that step. */
+  void (*on_log)(void *ctx, int epoch, int64_t step, double loss, double lr);
   /* Once, before training: a line of facts about data and model. */
   void (*on_start)(void *ctx, const char *what);
   void *ctx;
@@ -41,7 +43,10 @@ typedef struct {
   int64_t n_train, n_val, n_test;
   size_t nparams;
   int world;
-  uint64_t param_hash;       /* FNV-1a over the final parameter bytes */
+  uint64_t param_hash;       /* nn_hash_bytes over the final parameter slab */
+  double rss_mb[64];         /* peak RSS of each rank (first 64 ranks) */
+  double sync_wait_s;        /* time blocked waiting for gradient sync */
+  int64_t skipped_steps;     /* steps skipped by the nan: skip policy */
   int setup_failed;          /* set-up failed on some rank and every rank knows it:
                                 the failing rank holds the message, all return */
 } train_summary;

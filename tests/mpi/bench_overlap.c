@@ -9,16 +9,23 @@
  *   blocking_s  layers, then one MPI_Allreduce of the whole slab
  *   sync_thread_s  sync_s plus a thread calling MPI_Iprobe every thread_us
  *               (only with FERRY_BENCH_THREAD=<us>: MPI_THREAD_MULTIPLE)
- *   ratio = sync_s / disabled_s, wait_s = mean seconds per step in finish.
+ * FERRY_BENCH_THP=1 puts the gradient slab in 2 MiB transparent huge pages
+ * (nn's slabs use 4 KiB pages today).
+ *   ratio = sync_s / disabled_s; per step, mean over reps, slowest rank:
+ *   wait_s = seconds blocked in finish, ready_s = seconds inside the ready
+ *   calls (starting buckets and driving progress: MPI's copies and sums).
  * Run:
  *   mpirun --allow-run-as-root -np 2 -x OMPI_MCA_mpi_yield_when_idle=1 \
  *     -x OPENBLAS_NUM_THREADS=1 build/tests/mpi/bench_overlap [K range_kib bucket_kib reps gemm_n]
  */
+/* For MADV_HUGEPAGE (Linux). */
+#define _DEFAULT_SOURCE
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
 
 #include <cblas.h>
@@ -35,7 +42,7 @@ static const char *const mode_names[MODE_COUNT] = {"compute_s", "disabled_s", "s
                                                    "blocking_s", "sync_thread_s"};
 
 typedef struct {
-  int K, gemm_n, thread_us;
+  int K, gemm_n, thread_us, thp;
   size_t range, gap;     /* floats per layer range, floats of padding between */
   float *a, *b, *c;      /* gemm operands */
   float *grads;
@@ -44,7 +51,8 @@ typedef struct {
   dist_comm comm;
   MPI_Comm probe_comm;   /* private communicator the progress thread polls */
   atomic_int pump_on;
-  double wait_sync, wait_thread;
+  double wait_sync, wait_thread; /* seconds in finish, summed over reps */
+  double ready_sync;              /* seconds inside ready calls (mode sync) */
 } bench;
 
 static void layer_compute(bench *B, int layer) {
@@ -79,7 +87,10 @@ static int step(bench *B, mode m) {
   }
   for (int l = B->K - 1; l >= 0; l--) {
     layer_compute(B, l);
-    if (syncs) dist_grad_sync_ready(B->sync, B->ranges[l].off, B->ranges[l].len);
+    if (!syncs) continue;
+    double r0 = MPI_Wtime();
+    dist_grad_sync_ready(B->sync, B->ranges[l].off, B->ranges[l].len);
+    if (m == MODE_SYNC) B->ready_sync += MPI_Wtime() - r0;
   }
   int rc = 0;
   if (syncs) {
@@ -125,8 +136,18 @@ static int setup(bench *B, size_t bucket_bytes) {
   B->a = malloc(nn * sizeof(float));
   B->b = malloc(nn * sizeof(float));
   B->c = malloc(nn * sizeof(float));
-  size_t slab = (size_t)B->K * (B->range + B->gap);
-  B->grads = calloc(slab, sizeof(float));
+  /* As nn allocates slabs (64-byte aligned, 4 KiB pages), or with
+   * FERRY_BENCH_THP=1 2 MiB-aligned and advised as transparent huge pages. */
+  size_t slab_bytes = (size_t)B->K * (B->range + B->gap) * sizeof(float);
+  const size_t huge = (size_t)2 << 20;
+  if (B->thp) {
+    slab_bytes = (slab_bytes + huge - 1) / huge * huge;
+    B->grads = aligned_alloc(huge, slab_bytes);
+    if (B->grads) madvise(B->grads, slab_bytes, MADV_HUGEPAGE);
+  } else {
+    B->grads = aligned_alloc(64, (slab_bytes + 63) / 64 * 64);
+  }
+  if (B->grads) memset(B->grads, 0, slab_bytes);
   B->ranges = malloc((size_t)B->K * sizeof *B->ranges);
   CHECK_RT(B->a && B->b && B->c && B->grads && B->ranges, "out of memory");
   for (size_t i = 0; i < nn; i++) B->a[i] = B->b[i] = (float)(i % 7) * 0.1f;
@@ -140,19 +161,20 @@ static int setup(bench *B, size_t bucket_bytes) {
 static void print_json(const bench *B, double *const t[MODE_COUNT], int reps, size_t bucket_bytes) {
   int nbuckets = 0;
   dist_grad_sync_stats(B->sync, NULL, NULL, &nbuckets);
-  double w[2] = {B->wait_sync, B->wait_thread}, worst[2];
-  MPI_Allreduce(w, worst, 2, MPI_DOUBLE, MPI_MAX, B->comm.comm);
+  double w[3] = {B->wait_sync, B->wait_thread, B->ready_sync}, worst[3];
+  MPI_Allreduce(w, worst, 3, MPI_DOUBLE, MPI_MAX, B->comm.comm);
   double med[MODE_COUNT];
   for (int m = 0; m < MODE_COUNT; m++) med[m] = median(t[m], reps);
   if (B->comm.rank != 0) return;
   printf("{\"ranks\": %d, \"layers\": %d, \"range_bytes\": %zu, \"bucket_bytes\": %zu, "
-         "\"buckets\": %d, \"gemm_n\": %d, \"reps\": %d",
-         B->comm.size, B->K, B->range * sizeof(float), bucket_bytes, nbuckets, B->gemm_n, reps);
+         "\"buckets\": %d, \"gemm_n\": %d, \"thp\": %d, \"reps\": %d",
+         B->comm.size, B->K, B->range * sizeof(float), bucket_bytes, nbuckets, B->gemm_n, B->thp,
+         reps);
   for (int m = 0; m < MODE_COUNT; m++)
     if (m != MODE_THREAD || B->thread_us) printf(", \"%s\": %.6f", mode_names[m], med[m]);
-  printf(", \"ratio\": %.4f, \"ratio_blocking\": %.4f, \"wait_s\": %.6f",
+  printf(", \"ratio\": %.4f, \"ratio_blocking\": %.4f, \"wait_s\": %.6f, \"ready_s\": %.6f",
          med[MODE_SYNC] / med[MODE_DISABLED], med[MODE_BLOCKING] / med[MODE_DISABLED],
-         worst[0] / reps);
+         worst[0] / reps, worst[2] / reps);
   if (B->thread_us)
     printf(", \"thread_us\": %d, \"ratio_thread\": %.4f, \"wait_thread_s\": %.6f", B->thread_us,
            med[MODE_THREAD] / med[MODE_DISABLED], worst[1] / reps);
@@ -163,6 +185,7 @@ int main(int argc, char **argv) {
   bench B = {.K = 24, .gemm_n = 464, .range = 256 << 10, .gap = 16};
   const char *th = getenv("FERRY_BENCH_THREAD");
   B.thread_us = th ? atoi(th) : 0;
+  B.thp = getenv("FERRY_BENCH_THP") && atoi(getenv("FERRY_BENCH_THP")) > 0;
   if (B.thread_us > 0) {
     int provided = 0;
     MPI_Init_thread(&argc, &argv, MPI_THREAD_MULTIPLE, &provided);
@@ -185,7 +208,7 @@ int main(int argc, char **argv) {
       dist_grad_sync_set_enabled(B.sync, m != MODE_DISABLED);
       double dt = timed_step(&B, (mode)m, &rc);
       if (r >= 0) t[m][r] = dt;
-      else B.wait_sync = B.wait_thread = 0;
+      else B.wait_sync = B.wait_thread = B.ready_sync = 0;
     }
   if (rc != 0) {
     fprintf(stderr, "[%d] bench_overlap: %s\n", B.comm.rank, ferry_err_msg());

@@ -211,6 +211,23 @@ static void test_adjacent(const dist_comm *c) {
   check_bucket_size(c, &L, 2000, 0);
 }
 
+/* Packing and exchange areas above 2 MiB take the huge-page allocation path. */
+static void test_large(const dist_comm *c) {
+  layout L;
+  memset(&L, 0, sizeof L);
+  size_t off = 3;
+  for (int i = 0; i < 3; i++) {
+    L.all[i] = L.train[i] = (dist_range){off, 400000 + 1001 * (size_t)i};
+    off += L.all[i].len + 7;
+    L.train_floats += L.all[i].len;
+  }
+  L.n = L.ntrain = 3;
+  L.slab = off;
+  L.min_len = L.all[0].len;
+  L.max_len = L.all[2].len;
+  check_bucket_size(c, &L, (size_t)1 << 30, 1);
+}
+
 static void test_disabled(const dist_comm *c) {
   layout L;
   make_layout(&L, 7, 20);
@@ -269,6 +286,7 @@ int main(int argc, char **argv) {
   test_user_errors(&c);
   test_bucket_sizes(&c);
   test_adjacent(&c);
+  test_large(&c);
   test_disabled(&c);
   int rc = mpi_check_report(c.comm);
   dist_finalize();

@@ -135,6 +135,13 @@ static void test_bad_rank_counts(const dist_comm *c) {
     CHECK(dist_tree_shards(c, c->size / 2, &first, &count) == FERRY_EUSER); /* N > M */
     ferry_err_clear();
   }
+  /* Run on 3 ranks: the world itself is refused on every rank. */
+  if (c->size & (c->size - 1)) {
+    CHECK(dist_allreduce_tree(c, buf, 4, tmp) == FERRY_EUSER);
+    ferry_err_clear();
+    CHECK(dist_tree_shards(c, 4, &first, &count) == FERRY_EUSER);
+    ferry_err_clear();
+  }
   /* A real 3-rank communicator: every member gets FERRY_EUSER, nobody hangs. */
   if (c->size >= 3) {
     MPI_Comm sub;

@@ -293,6 +293,7 @@ int main(void) {
   gradcheck("dense 7->4 no bias", s, sh(7, 1, 1), 0, smooth);
 
   gradcheck("conv k3 s1 p1", mk_conv("conv", 3, 3, 1, 1, 0), sh(2, 5, 5), 1, smooth);
+  gradcheck("conv k3 p1 9x10 (rows > 8)", mk_conv("conv", 2, 3, 1, 1, 0), sh(2, 9, 10), 1, smooth);
   gradcheck("conv k3 s2 p1 5x6", mk_conv("conv", 3, 3, 2, 1, 0), sh(2, 5, 6), 1, smooth);
   gradcheck("conv k5 p2 6x5", mk_conv("conv", 2, 5, 0, 2, 0), sh(3, 6, 5), 1, smooth);
   gradcheck("conv k3 p0 4x6", mk_conv("conv", 2, 3, 1, 0, 0), sh(2, 4, 6), 1, smooth);

@@ -200,6 +200,9 @@ static void test_errors(void) {
   expect_user_error(&s, sh(8, 1, 1), 0, "'res'", "spatial", "flat 8");
   s.groups = 3; /* reported by the block's groupnorm */
   expect_user_error(&s, sh(8, 4, 4), 1, "'res.gn1'", "3 groups", "8 channels");
+  s = mk(NN_RESIDUAL, "res");
+  s.k = 5;
+  expect_user_error(&s, sh(8, 4, 4), 1, "'res'", "3x3", "k 5");
   s = mk(NN_RESIDUAL, "a_residual_block_name_that_is_far_too_long_x");
   expect_user_error(&s, sh(8, 4, 4), 1, "too long", NULL, NULL);
   s = mk(NN_RELU, "r");
@@ -419,9 +422,11 @@ static void conv_vs_ref(const char *label, nn_layer_spec s, nn_shape in, int max
 static void test_conv_reference(void) {
   nn_layer_spec s = mk(NN_CONV2D, "conv");
   s.out = 5, s.k = 3, s.pad = 1;
-  /* 72 x 256 floats of col per sample: chunks of 7 samples */
-  conv_vs_ref("conv k3 p1 16x16 B16 (3 chunks)", s, sh(8, 16, 16), 16, 16);
+  /* 72 x 256 floats of col per sample: chunks of 3 samples, a short last one */
+  conv_vs_ref("conv k3 p1 16x16 B16 (6 chunks)", s, sh(8, 16, 16), 16, 16);
   conv_vs_ref("conv k3 p1 16x16 B5 of 16", s, sh(8, 16, 16), 16, 5);
+  /* rows of 12 (not a multiple of 8) with many samples per chunk */
+  conv_vs_ref("conv k3 p1 12x12 B30 (2 chunks)", s, sh(2, 12, 12), 30, 30);
   s.k = 5, s.stride = 2, s.pad = 2, s.no_bias = 1;
   conv_vs_ref("conv k5 s2 p2 11x9", s, sh(3, 11, 9), 6, 6);
   s.k = 4, s.stride = 3, s.pad = 1, s.no_bias = 0;
