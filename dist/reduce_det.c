@@ -18,6 +18,19 @@ enum {
 
 static int is_pow2(long x) { return x > 0 && (x & (x - 1)) == 0; }
 
+/* out[i] = x[i] + y[i]; out may alias x or y. Blocks of 8 are loaded before
+ * they are stored, so -O2 emits vector adds without alias checks; every
+ * element is still one IEEE addition with x as the left operand. */
+static void add_vec(float *out, const float *x, const float *y, size_t n) {
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    float t[8];
+    for (int j = 0; j < 8; j++) t[j] = x[i + j] + y[i + j];
+    for (int j = 0; j < 8; j++) out[i + j] = t[j];
+  }
+  for (; i < n; i++) out[i] = x[i] + y[i];
+}
+
 int dist_tree_shards(const dist_comm *c, int nshards_total, int *first, int *count) {
   CHECK_USER(is_pow2(nshards_total),
              "deterministic reduction: the number of micro-shards must be a power of two, got %d",
@@ -37,11 +50,9 @@ static void tree_block(float *const *shards, int nshards, size_t i0, size_t m, f
                        float st[][TREE_BLOCK]) {
   float v[TREE_BLOCK];
   for (int j = 0; j < nshards; j += 2) {
-    const float *a = shards[j] + i0, *b = shards[j + 1] + i0;
-    for (size_t i = 0; i < m; i++) v[i] = a[i] + b[i];
+    add_vec(v, shards[j] + i0, shards[j + 1] + i0, m);
     int lvl = 1;
-    for (int p = j >> 1; p & 1; p >>= 1, lvl++)
-      for (size_t i = 0; i < m; i++) v[i] = st[lvl][i] + v[i];
+    for (int p = j >> 1; p & 1; p >>= 1, lvl++) add_vec(v, st[lvl], v, m);
     memcpy(st[lvl], v, m * sizeof(float));
   }
   /* The root is the last merge; out may alias shards[0], which is no longer read. */
@@ -93,9 +104,9 @@ int dist_allreduce_tree(const dist_comm *c, float *buf, size_t n, float *tmp) {
     CHECK_CALL(exchange(c, partner, buf, tmp, n));
     /* Both partners compute lower + higher: identical operands, identical bits. */
     if (c->rank < partner)
-      for (size_t i = 0; i < n; i++) buf[i] = buf[i] + tmp[i];
+      add_vec(buf, buf, tmp, n);
     else
-      for (size_t i = 0; i < n; i++) buf[i] = tmp[i] + buf[i];
+      add_vec(buf, tmp, buf, n);
   }
   return 0;
 }

@@ -57,6 +57,7 @@ void cmd_train_help(void) {
 
 typedef struct {
   FILE *metrics;
+  FILE *steps;
   int bar;        /* live progress bar on stdout */
   double last_bar;
   int bar_shown;
@@ -84,6 +85,17 @@ static void on_step(void *ctx, int epoch, int64_t step, int64_t total, double lo
          (long long)total, loss, el, eta);
   fflush(stdout);
   pr->bar_shown = 1;
+}
+
+static void on_log(void *ctx, int epoch, int64_t step, double loss, double lr) {
+  presenter *pr = ctx;
+  if (!pr->steps) return;
+  fprintf(pr->steps, "{\"epoch\": %d, \"step\": %lld, \"loss\": ", epoch, (long long)step);
+  if (isfinite(loss))
+    fprintf(pr->steps, "%.9g", loss);
+  else
+    fputs("null", pr->steps);
+  fprintf(pr->steps, ", \"lr\": %.9g}\n", lr);
 }
 
 static void on_epoch(void *ctx, const train_epoch_stats *s) {
@@ -137,6 +149,15 @@ static int write_summary(const char *dir, const exp_experiment *e, const train_s
   json_num(f, s->train_s);
   fputs(",\n  \"wall_s\": ", f);
   json_num(f, s->wall_s);
+  fputs(",\n  \"sync_wait_s\": ", f);
+  json_num(f, s->sync_wait_s);
+  fputs(",\n  \"rss_mb_per_rank\": [", f);
+  for (int r = 0; r < s->world && r < 64; r++) {
+    if (r) fputs(", ", f);
+    json_num(f, s->rss_mb[r]);
+  }
+  fprintf(f, "],\n  \"deterministic\": %s,\n  \"shards\": %d,\n  \"skipped_steps\": %lld",
+          e->deterministic ? "true" : "false", e->shards, (long long)s->skipped_steps);
   fprintf(f,
           ",\n  \"steps\": %lld,\n  \"epochs\": %d,\n  \"n_train\": %lld,\n  \"n_val\": %lld,\n"
           "  \"n_test\": %lld,\n  \"nparams\": %zu,\n  \"world_size\": %d,\n"
@@ -160,6 +181,9 @@ static int prepare_out(const char *dir, presenter *pr) {
   snprintf(path, sizeof path, "%s/metrics.jsonl", dir);
   pr->metrics = fopen(path, "w");
   CHECK_RT(pr->metrics, "cannot write %s (is the directory writable?)", path);
+  snprintf(path, sizeof path, "%s/steps.jsonl", dir);
+  pr->steps = fopen(path, "w");
+  CHECK_RT(pr->steps, "cannot write %s (is the directory writable?)", path);
   return 0;
 }
 
@@ -215,6 +239,11 @@ int cmd_train(int argc, char **argv) {
   int rc = cfg_load(&e, file, sets, nsets);
   if (!rc && out) snprintf(e.out_dir, sizeof e.out_dir, "%s", out);
   if (progress) e.progress = !strcmp(progress, "bar") ? 1 : !strcmp(progress, "plain") ? 0 : -1;
+  /* Test and bench hooks, documented in tests/ and bench/: never set them in
+   * production runs. */
+  const char *fault = getenv("FERRY_FAULT");
+  if (fault) snprintf(e.fault, sizeof e.fault, "%s", fault);
+  e.bench_no_sync = getenv("FERRY_BENCH_NO_SYNC") != NULL;
   presenter pr = {0};
   if (!rc && world.rank == 0) rc = prepare_out(e.out_dir, &pr);
   int first = -1, agreed = dist_agree(&world, rc, &first);
@@ -222,19 +251,34 @@ int cmd_train(int argc, char **argv) {
     /* Every rank read the same file: one message, from the first failing rank. */
     if (rc && world.rank == first) launch_print_error(world.rank);
     if (pr.metrics) fclose(pr.metrics);
+    if (pr.steps) fclose(pr.steps);
     dist_finalize();
     return agreed;
   }
   pr.bar = e.progress == 1 || (e.progress == -1 && isatty(STDOUT_FILENO));
+  int nhosts = 1, most = 1, mine = 1;
+  if (dist_layout(&world, &nhosts, &most, &mine)) {
+    launch_print_error(world.rank);
+    dist_abort(&world, 1);
+  }
   if (world.rank == 0) {
     char host[256];
     dist_hostname(host, sizeof host);
     int threads = e.threads > 0 ? e.threads : openblas_get_num_threads();
-    printf("ferry %s: %d rank%s (rank 0 on %s), %d BLAS thread%s per rank, run directory %s\n",
-           FERRY_VERSION, world.size, world.size == 1 ? "" : "s", host, threads,
-           threads == 1 ? "" : "s", e.out_dir);
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    printf("ferry %s: %d rank%s on %d host%s (up to %d per host; rank 0 on %s), %d BLAS "
+           "thread%s per rank, run directory %s\n",
+           FERRY_VERSION, world.size, world.size == 1 ? "" : "s", nhosts, nhosts == 1 ? "" : "s",
+           most, host, threads, threads == 1 ? "" : "s", e.out_dir);
+    if ((long)most * threads > cores)
+      fprintf(stderr, "ferry: warning: %d ranks x %d BLAS thread%s on one host exceed its %ld cores: %s\n",
+              most, threads, threads == 1 ? "" : "s", cores,
+              threads > 1 ? "set OPENBLAS_NUM_THREADS=1 (or train.threads: 1)"
+                          : "ranks will share cores and steps will be slower");
+    fflush(stdout);
   }
-  train_hooks hooks = {.on_step = on_step, .on_epoch = on_epoch, .on_start = on_start, .ctx = &pr};
+  train_hooks hooks = {.on_step = on_step, .on_epoch = on_epoch, .on_start = on_start,
+                       .on_log = on_log, .ctx = &pr};
   train_summary sum;
   rc = train_run(&e, &world, &hooks, &sum);
   if (!rc && world.rank == 0) {
@@ -244,9 +288,10 @@ int cmd_train(int argc, char **argv) {
              sum.test_acc, sum.test_loss, sum.train_samples_per_s, sum.wall_s, e.out_dir);
   }
   if (pr.metrics) fclose(pr.metrics);
+  if (pr.steps) fclose(pr.steps);
   if (rc && sum.setup_failed) {
-    /* All ranks know; only the ranks that failed have something to say. */
-    if (ferry_err_code()) launch_print_error(world.rank);
+    /* Every rank knows; the rank that holds the cause says it, once. */
+    if (world.rank == sum.failed_rank) launch_print_error(world.rank);
     dist_finalize();
     return rc;
   }

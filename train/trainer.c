@@ -1,7 +1,17 @@
-/* Supervised training loop (train/trainer.h). Each global batch of the seeded
- * epoch order is split across ranks by row ranges; the loss is normalised by
- * the global number of labelled rows, so summing the ranks' gradients gives
- * exactly the single-rank gradient (up to float summation order). */
+/* Supervised data-parallel training loop (train/trainer.h).
+ *
+ * Sample order: fixed logical shards (train/shard.h), so the order and every
+ * global batch depend on (seed, epoch, shards) only, never on the number of
+ * ranks; rank r keeps only its shards' samples. The loss is normalised by the
+ * global number of labelled rows, so the ranks' gradients add up to the
+ * single-rank gradient.
+ *
+ * Default mode: one forward/backward over the rank's rows; gradient buckets
+ * are summed while backward runs (dist/grad_sync.h). Deterministic mode: the
+ * global batch is cut into L fixed leaves (groups of shards); each leaf's
+ * gradient is computed on its own and the leaves are summed in a fixed binary
+ * tree, across ranks by a fixed-pairing butterfly, so the bits do not depend
+ * on how many ranks share the work. */
 #include "train/trainer.h"
 
 #include <cblas.h>
@@ -9,31 +19,48 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 
+#include "dist/grad_sync.h"
 #include "nn/err.h"
 #include "nn/rng.h"
+#include "train/shard.h"
 
 enum { KEY_ORDER = 1, KEY_AUG = 2, KEY_DROP = 3, KEY_INIT = 4 };
+
+typedef struct {
+  int rank;        /* -1: none */
+  char kind[16];
+  int64_t step;
+} fault_spec;
 
 typedef struct {
   const exp_experiment *e;
   const dist_comm *c;
   const train_hooks *h;
-  train_data d;
+  train_data d;        /* train holds only this rank's shards; val/test its slices */
+  int32_t *labels;     /* labels of every training sample (global row index) */
+  int32_t *local_row;  /* global training row -> row of d.train, or -1 */
+  int64_t n_train, n_val, n_test; /* global sizes */
+  train_shards sh;
+  int shard_lo, shard_hi;
+  int leaves, leaf_lo, nleaf;   /* deterministic mode */
+  float **leaf_buf;             /* [nleaf]; [0] is the model's grad slab */
+  float *tree_tmp;
+  dist_grad_sync *sync;
   nn_model *m;
   nn_optim opt;
-  int K;            /* classes = logits of head 0 */
-  int local_max;    /* rows a rank holds at most in one pass */
-  float *x;         /* [local_max * numel] input batch */
-  int32_t *y;
+  int K;
+  int local_max;
+  float *x, *dlogits, *scratch;
+  int32_t *y, *pred;
   int64_t *ids, *idx;
-  float *dlogits;
-  float *scratch;
-  int32_t *pred;
-  int32_t *order;   /* epoch permutation of training rows */
   nn_transform tf_train[2 * EXP_MAX_TF];
   int ntf_train;
+  fault_spec fault;
+  int64_t skipped;
+  int collective_fail; /* the last error is known to every rank at once */
 } trainer;
 
 static double now_s(void) {
@@ -42,40 +69,141 @@ static double now_s(void) {
   return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-/* Rows [lo, hi) of a global batch of n rows that rank r of size holds. */
-static void slice(int64_t n, int r, int size, int64_t *lo, int64_t *hi) {
-  *lo = n * r / size;
-  *hi = n * (r + 1) / size;
+static void parse_fault(fault_spec *f, const char *s) {
+  f->rank = -1;
+  if (!s || !s[0]) return;
+  long long step = -1;
+  int r = -1;
+  char kind[16] = "";
+  if (sscanf(s, "%d:%15[a-z]@%lld", &r, kind, &step) >= 2) {
+    f->rank = r;
+    snprintf(f->kind, sizeof f->kind, "%s", kind);
+    f->step = step;
+  }
 }
 
-static uint64_t hash_params(const nn_model *m) {
-  const unsigned char *p = (const unsigned char *)m->params;
-  uint64_t h = 0xcbf29ce484222325ULL;
-  for (size_t i = 0; i < m->nparams * sizeof(float); i++) h = (h ^ p[i]) * 0x100000001b3ULL;
-  return h;
+static int fault_here(const trainer *t, const char *kind, int64_t step) {
+  return t->fault.rank == t->c->rank && !strcmp(t->fault.kind, kind) &&
+         (step < 0 || t->fault.step == step);
+}
+
+/* Keeps rows [lo, hi) of *ds. */
+static int keep_slice(nn_dataset *ds, int64_t lo, int64_t hi) {
+  int64_t n = hi - lo;
+  int64_t *idx = malloc((size_t)(n ? n : 1) * sizeof *idx);
+  CHECK_ALLOC(idx, (size_t)n * sizeof *idx);
+  for (int64_t i = 0; i < n; i++) idx[i] = lo + i;
+  nn_dataset part;
+  memset(&part, 0, sizeof part);
+  int rc = nn_data_gather(&part, ds, idx, n);
+  free(idx);
+  CHECK_CALL(rc);
+  nn_data_free(ds);
+  *ds = part;
+  return 0;
+}
+
+/* Shards, ownership, and dropping every sample this rank will not use. */
+static int setup_data(trainer *t) {
+  const exp_experiment *e = t->e;
+  const dist_comm *c = t->c;
+  nn_dataset *tr = &t->d.train;
+  t->n_train = tr->n;
+  t->n_val = t->d.val.n;
+  t->n_test = t->d.test.n;
+  CHECK_USER(c->size <= e->shards,
+             "%d ranks but train.shards is %d: every rank needs at least one shard; raise "
+             "train.shards (it changes the sample order) or use fewer ranks",
+             c->size, e->shards);
+  CHECK_CALL(train_shards_init(&t->sh, tr->n, e->shards, e->batch, e->seed));
+  t->shard_lo = e->shards * c->rank / c->size;
+  t->shard_hi = e->shards * (c->rank + 1) / c->size;
+  if (e->deterministic) {
+    int L = e->det_leaves;
+    CHECK_USER(L >= 1 && (L & (L - 1)) == 0 && e->shards % L == 0,
+               "train.det_leaves (%d) must be a power of two dividing train.shards (%d)", L,
+               e->shards);
+    CHECK_CALL(dist_tree_shards(c, L, &t->leaf_lo, &t->nleaf));
+    t->leaves = L;
+  }
+  t->labels = malloc((size_t)tr->n * sizeof *t->labels);
+  t->local_row = malloc((size_t)tr->n * sizeof *t->local_row);
+  CHECK_ALLOC(t->labels && t->local_row ? t : NULL, (size_t)tr->n * 8);
+  memcpy(t->labels, tr->labels, (size_t)tr->n * sizeof *t->labels);
+  int64_t lo = t->sh.start[t->shard_lo], hi = t->sh.start[t->shard_hi];
+  int64_t *idx = malloc((size_t)(hi - lo) * sizeof *idx);
+  CHECK_ALLOC(idx, (size_t)(hi - lo) * sizeof *idx);
+  for (int64_t i = 0; i < tr->n; i++) t->local_row[i] = -1;
+  for (int64_t i = lo; i < hi; i++) {
+    idx[i - lo] = t->sh.members[i];
+    t->local_row[t->sh.members[i]] = (int32_t)(i - lo);
+  }
+  nn_dataset mine;
+  memset(&mine, 0, sizeof mine);
+  int rc = nn_data_gather(&mine, tr, idx, hi - lo);
+  free(idx);
+  CHECK_CALL(rc);
+  nn_data_free(tr);
+  *tr = mine;
+  /* Evaluation: rank r scores a contiguous slice of each split. */
+  CHECK_CALL(keep_slice(&t->d.val, t->n_val * c->rank / c->size, t->n_val * (c->rank + 1) / c->size));
+  CHECK_CALL(keep_slice(&t->d.test, t->n_test * c->rank / c->size,
+                        t->n_test * (c->rank + 1) / c->size));
+  return 0;
+}
+
+/* Rows this rank computes in one pass: all its shards (default mode) or one
+ * leaf (deterministic). */
+static int rows_of_shards(const trainer *t, int m0, int m1) {
+  int n = 0;
+  for (int m = m0; m < m1; m++) n += t->sh.take[m];
+  return n;
 }
 
 static int setup(trainer *t) {
   const exp_experiment *e = t->e;
-  CHECK_CALL(train_data_load(&t->d, e));
+  parse_fault(&t->fault, e->fault);
+  if (fault_here(t, "data", -1)) {
+    /* A data file this rank cannot see (as on a node without the mount). */
+    static exp_experiment broken;
+    broken = *e;
+    snprintf(broken.data.train.images, sizeof broken.data.train.images,
+             "/nonexistent/ferry-fault-injected/train-images.gz");
+    snprintf(broken.data.train.path, sizeof broken.data.train.path,
+             "/nonexistent/ferry-fault-injected/train.csv");
+    CHECK_CALL(train_data_load(&t->d, &broken));
+  } else {
+    CHECK_CALL(train_data_load(&t->d, e));
+  }
   CHECK_CALL(nn_tf_check(e->data.tf, e->data.ntf, &t->d.train));
   CHECK_CALL(nn_tf_check(e->data.aug, e->data.naug, &t->d.train));
+  int nclasses = t->d.nclasses;
+  nn_shape shape = t->d.train.shape;
+  int spatial = t->d.train.spatial;
+  CHECK_CALL(setup_data(t));
   nn_model_spec spec = e->model;
-  if (e->preset[0]) CHECK_CALL(nn_model_preset(&spec, e->preset, "main", t->d.nclasses));
-  spec.in = t->d.train.shape;
-  spec.in_spatial = t->d.train.spatial;
-  int local_train = (e->batch + t->c->size - 1) / t->c->size;
-  int local_eval = e->eval_batch > 0 ? e->eval_batch : local_train;
-  t->local_max = local_train > local_eval ? local_train : local_eval;
+  if (e->preset[0]) CHECK_CALL(nn_model_preset(&spec, e->preset, "main", nclasses));
+  spec.in = shape;
+  spec.in_spatial = spatial;
+  int pass_rows = e->deterministic
+                      ? rows_of_shards(t, 0, e->shards / t->leaves) /* largest leaf is any */
+                      : rows_of_shards(t, t->shard_lo, t->shard_hi);
+  if (e->deterministic)
+    for (int l = 0; l < t->leaves; l++) {
+      int r = rows_of_shards(t, l * e->shards / t->leaves, (l + 1) * e->shards / t->leaves);
+      if (r > pass_rows) pass_rows = r;
+    }
+  int eval_rows = e->eval_batch > 0 ? e->eval_batch : pass_rows;
+  t->local_max = pass_rows > eval_rows ? pass_rows : eval_rows;
+  if (fault_here(t, "alloc", -1)) t->local_max = 1 << 28; /* an allocation that fails */
   CHECK_CALL(nn_model_new(&t->m, &spec, t->local_max));
   t->K = nn_model_head_out(t->m, 0);
-  CHECK_USER(t->K >= t->d.nclasses,
+  CHECK_USER(t->K >= nclasses,
              "model.heads.%s: the head has %d outputs but the data has %d classes",
-             t->m->heads[0].name, t->K, t->d.nclasses);
+             t->m->heads[0].name, t->K, nclasses);
   nn_model_init_params(t->m, nn_key(e->seed, KEY_INIT));
   CHECK_CALL(nn_optim_init(&t->opt, &e->opt, t->m->nparams));
-  size_t numel = nn_shape_numel(spec.in);
-  size_t L = (size_t)t->local_max;
+  size_t numel = nn_shape_numel(shape), L = (size_t)t->local_max;
   t->x = malloc(L * numel * sizeof(float));
   t->y = malloc(L * sizeof(int32_t));
   t->pred = malloc(L * sizeof(int32_t));
@@ -83,10 +211,21 @@ static int setup(trainer *t) {
   t->idx = malloc(L * sizeof(int64_t));
   t->dlogits = malloc(L * (size_t)t->K * sizeof(float));
   t->scratch = malloc(2 * numel * sizeof(float) + 64);
-  t->order = malloc((size_t)t->d.train.n * sizeof(int32_t));
-  CHECK_ALLOC(t->x && t->y && t->pred && t->ids && t->idx && t->dlogits && t->scratch && t->order
-                  ? t : NULL,
+  CHECK_ALLOC(t->x && t->y && t->pred && t->ids && t->idx && t->dlogits && t->scratch ? t : NULL,
               L * numel * sizeof(float));
+  if (e->deterministic) {
+    t->leaf_buf = calloc((size_t)t->nleaf, sizeof *t->leaf_buf);
+    CHECK_ALLOC(t->leaf_buf, sizeof *t->leaf_buf);
+    t->leaf_buf[0] = t->m->grads;
+    for (int k = 1; k < t->nleaf; k++) {
+      t->leaf_buf[k] = malloc(t->m->nparams * sizeof(float));
+      CHECK_ALLOC(t->leaf_buf[k], t->m->nparams * sizeof(float));
+    }
+    if (t->c->size > 1) {
+      t->tree_tmp = malloc(t->m->nparams * sizeof(float));
+      CHECK_ALLOC(t->tree_tmp, t->m->nparams * sizeof(float));
+    }
+  }
   memcpy(t->tf_train, e->data.tf, (size_t)e->data.ntf * sizeof(nn_transform));
   memcpy(t->tf_train + e->data.ntf, e->data.aug, (size_t)e->data.naug * sizeof(nn_transform));
   t->ntf_train = e->data.ntf + e->data.naug;
@@ -94,10 +233,37 @@ static int setup(trainer *t) {
   return 0;
 }
 
+/* Collective part of set-up: same initial parameters everywhere, and the
+ * bucketed synchroniser over the trainable ranges. */
+static int setup_collective(trainer *t) {
+  CHECK_CALL(dist_bcast(t->c, t->m->params, t->m->nparams * sizeof(float), 0));
+  if (t->c->size > 1 && !t->e->deterministic) {
+    dist_range *r = calloc((size_t)(t->m->ngroups ? t->m->ngroups : 1), sizeof *r);
+    CHECK_ALLOC(r, sizeof *r);
+    int n = 0;
+    for (int g = 0; g < t->m->ngroups; g++)
+      if (!t->m->groups[g].frozen) r[n++] = (dist_range){t->m->groups[g].off, t->m->groups[g].len};
+    int rc = dist_grad_sync_new(&t->sync, t->c, t->m->grads, r, n,
+                                (size_t)t->e->bucket_kb * 1024);
+    free(r);
+    CHECK_CALL(rc);
+    if (t->e->bench_no_sync) dist_grad_sync_set_enabled(t->sync, 0);
+  }
+  return 0;
+}
+
 static void teardown(trainer *t) {
+  dist_grad_sync_free(&t->sync);
+  if (t->leaf_buf)
+    for (int k = 1; k < t->nleaf; k++) free(t->leaf_buf[k]);
+  free(t->leaf_buf);
+  free(t->tree_tmp);
   nn_model_free(&t->m);
   nn_optim_free(&t->opt);
   train_data_free(&t->d);
+  train_shards_free(&t->sh);
+  free(t->labels);
+  free(t->local_row);
   free(t->x);
   free(t->y);
   free(t->pred);
@@ -105,18 +271,14 @@ static void teardown(trainer *t) {
   free(t->idx);
   free(t->dlogits);
   free(t->scratch);
-  free(t->order);
 }
 
-/* Loss and accuracy over a whole split, data-parallel: rank r evaluates a
- * contiguous range of rows; sums are reduced. Collective. */
+/* Loss and accuracy over a split whose slice this rank holds. Collective. */
 static int evaluate(trainer *t, const nn_dataset *ds, double *loss, double *acc) {
-  int64_t lo, hi;
-  slice(ds->n, t->c->rank, t->c->size, &lo, &hi);
   double sums[3] = {0, 0, 0}; /* loss sum, correct, labelled */
   nn_pass p = {.training = 0};
-  for (int64_t s = lo; s < hi; s += t->local_max) {
-    int B = (int)((hi - s) < t->local_max ? (hi - s) : t->local_max);
+  for (int64_t s = 0; s < ds->n; s += t->local_max) {
+    int B = (int)((ds->n - s) < t->local_max ? (ds->n - s) : t->local_max);
     for (int i = 0; i < B; i++) t->idx[i] = s + i;
     nn_data_batch(ds, t->idx, B, t->e->data.tf, t->e->data.ntf, 0, t->x, t->y, t->scratch);
     p.B = B;
@@ -135,105 +297,187 @@ static int evaluate(trainer *t, const nn_dataset *ds, double *loss, double *acc)
   return 0;
 }
 
-/* One optimizer step on global batch rows order[start .. start+n). Adds the
- * local loss sum, correct count and labelled count to acc[0..3). */
-static int train_step(trainer *t, int64_t start, int64_t n, int epoch, int64_t step, float lr,
-                      double acc[3]) {
+static void sync_ready(void *ctx, size_t off, size_t len) {
+  dist_grad_sync_ready(ctx, off, len);
+}
+
+/* Forward/backward over the rows of shards [m0, m1) of global batch b,
+ * accumulating into the gradient slab. Adds loss sum and correct count. */
+static int pass(trainer *t, int m0, int m1, int64_t b, int epoch, int64_t step, double norm,
+                nn_grad_ready_fn cb, void *ctx, double *loss_sum, double *correct) {
   const exp_experiment *e = t->e;
   const nn_dataset *ds = &t->d.train;
-  int64_t lo, hi;
-  slice(n, t->c->rank, t->c->size, &lo, &hi);
-  int B = (int)(hi - lo);
-  /* Labelled rows of the whole global batch: every rank holds all labels. */
-  int64_t labelled = 0;
-  for (int64_t i = 0; i < n; i++) labelled += ds->labels[t->order[start + i]] >= 0;
-  nn_model_zero_grad(t->m);
-  if (B > 0) {
-    for (int i = 0; i < B; i++) {
-      t->idx[i] = t->order[start + lo + i];
-      t->ids[i] = ds->ids[t->idx[i]];
+  int B = 0;
+  for (int m = m0; m < m1; m++) {
+    const int32_t *rows = train_shards_rows(&t->sh, m, b);
+    for (int j = 0; j < t->sh.take[m]; j++) {
+      int32_t lr = t->local_row[rows[j]];
+      t->idx[B] = lr;
+      t->ids[B] = ds->ids[lr];
+      B++;
     }
-    uint64_t aug_key = nn_hash64(nn_key(e->seed, KEY_AUG), (uint64_t)epoch);
-    nn_data_batch(ds, t->idx, B, t->tf_train, t->ntf_train, aug_key, t->x, t->y, t->scratch);
-    nn_pass p = {.B = B, .training = 1, .key = nn_hash64(nn_key(e->seed, KEY_DROP), (uint64_t)step),
-                 .ids = t->ids};
-    const float *logits = nn_model_forward(t->m, 0, t->x, &p);
-    double loss = nn_loss_xent(logits, t->y, NULL, B, t->K, e->label_smoothing, -1,
-                               labelled > 0 ? (double)labelled : 1.0, t->dlogits);
-    if (!isfinite(loss))
-      FERRY_FAIL(FERRY_ERUNTIME, "rank %d: loss is %g at step %lld (epoch %d); lower the learning rate",
-                 t->c->rank, loss, (long long)step, epoch);
-    nn_model_backward(t->m, 0, t->dlogits, &p, NULL, NULL);
-    acc[0] += loss * (double)labelled;
-    nn_argmax(logits, B, t->K, t->pred);
-    for (int i = 0; i < B; i++) acc[1] += t->y[i] >= 0 && t->pred[i] == t->y[i];
   }
-  if (t->c->rank == 0) acc[2] += (double)labelled;
-  CHECK_CALL(dist_allreduce_f32(t->c, t->m->grads, t->m->nparams));
+  uint64_t aug_key = nn_hash64(nn_key(e->seed, KEY_AUG), (uint64_t)epoch);
+  nn_data_batch(ds, t->idx, B, t->tf_train, t->ntf_train, aug_key, t->x, t->y, t->scratch);
+  nn_pass p = {.B = B, .training = 1,
+               .key = nn_hash64(nn_key(e->seed, KEY_DROP), (uint64_t)step), .ids = t->ids};
+  const float *logits = nn_model_forward(t->m, 0, t->x, &p);
+  double loss = nn_loss_xent(logits, t->y, NULL, B, t->K, e->label_smoothing, -1, norm, t->dlogits);
+  nn_model_backward(t->m, 0, t->dlogits, &p, cb, ctx);
+  *loss_sum += loss * norm;
+  nn_argmax(logits, B, t->K, t->pred);
+  for (int i = 0; i < B; i++) *correct += t->y[i] >= 0 && t->pred[i] == t->y[i];
+  return 0;
+}
+
+/* Gradient of global batch b on this rank's share, summed over ranks. */
+static int compute_gradient(trainer *t, int64_t b, int epoch, int64_t step, double norm,
+                            double *loss_sum, double *correct) {
+  const exp_experiment *e = t->e;
+  if (!e->deterministic) {
+    nn_model_zero_grad(t->m);
+    int comm = t->sync != NULL;
+    CHECK_CALL(pass(t, t->shard_lo, t->shard_hi, b, epoch, step, norm, comm ? sync_ready : NULL,
+                    t->sync, loss_sum, correct));
+    if (fault_here(t, "nan", step)) t->m->grads[0] = NAN, *loss_sum = NAN;
+    if (comm) CHECK_CALL(dist_grad_sync_finish(t->sync));
+    return 0;
+  }
+  /* Leaves last to first, so that leaf 0 lands in the grad slab itself. */
+  int per = e->shards / t->leaves;
+  for (int k = t->nleaf - 1; k >= 0; k--) {
+    int l = t->leaf_lo + k;
+    nn_model_zero_grad(t->m);
+    CHECK_CALL(pass(t, l * per, (l + 1) * per, b, epoch, step, norm, NULL, NULL, loss_sum, correct));
+    if (k > 0) memcpy(t->leaf_buf[k], t->m->grads, t->m->nparams * sizeof(float));
+  }
+  if (fault_here(t, "nan", step)) t->m->grads[0] = NAN, *loss_sum = NAN;
+  CHECK_CALL(dist_reduce_tree_local(t->leaf_buf, t->nleaf, t->m->grads, t->m->nparams));
+  if (t->c->size > 1)
+    CHECK_CALL(dist_allreduce_tree(t->c, t->m->grads, t->m->nparams, t->tree_tmp));
+  return 0;
+}
+
+/* One optimizer step on global batch b. acc: loss sum, correct, labelled
+ * (global, reduced every step). Returns FERRY_ERUNTIME on every rank
+ * together when the step is non-finite under nan: stop. */
+static int train_step(trainer *t, int64_t b, int epoch, int64_t step, float lr, double acc[3],
+                      double *step_loss) {
+  const exp_experiment *e = t->e;
+  int64_t labelled = 0;
+  for (int m = 0; m < t->sh.M; m++) {
+    const int32_t *rows = train_shards_rows(&t->sh, m, b);
+    for (int j = 0; j < t->sh.take[m]; j++) labelled += t->labels[rows[j]] >= 0;
+  }
+  double norm = labelled > 0 ? (double)labelled : 1.0;
+  double loss_sum = 0, correct = 0;
+  CHECK_CALL(compute_gradient(t, b, epoch, step, norm, &loss_sum, &correct));
+  /* Every rank learns whether any rank's loss was non-finite, and which. */
+  double st[3] = {isfinite(loss_sum) ? loss_sum : 0, correct,
+                  isfinite(loss_sum) ? 0 : ldexp(1.0, t->c->rank < 52 ? t->c->rank : 52)};
+  CHECK_CALL(dist_allreduce_f64(t->c, st, 3));
+  double gnorm = nn_grad_norm(t->m);
+  if (st[2] != 0 || !isfinite(gnorm)) {
+    /* st[2] is an exact sum of distinct powers of two: its lowest set bit
+     * names the first rank whose loss was not finite. */
+    uint64_t mask = (uint64_t)st[2];
+    if (e->nan_policy == EXP_NAN_SKIP) {
+      t->skipped++;
+      *step_loss = NAN;
+      return 0;
+    }
+    t->collective_fail = 1;
+    if (mask)
+      FERRY_FAIL(FERRY_ERUNTIME,
+                 "rank %d: the loss is not finite at step %lld (epoch %d); lower the learning "
+                 "rate, clip gradients (train.clip_norm), or set train.nan: skip",
+                 __builtin_ctzll(mask), (long long)step, epoch);
+    FERRY_FAIL(FERRY_ERUNTIME,
+               "the summed gradient is not finite at step %lld (epoch %d); lower the learning "
+               "rate or clip gradients (train.clip_norm)",
+               (long long)step, epoch);
+  }
   if (e->clip_norm > 0) nn_clip_grad_norm(t->m, e->clip_norm);
   nn_optim_step(&t->opt, t->m, lr);
+  acc[0] += st[0];
+  acc[1] += st[1];
+  acc[2] += (double)labelled;
+  *step_loss = st[0] / norm;
+  return 0;
+}
+
+static int check_consistency(trainer *t, int64_t step) {
+  if (fault_here(t, "diverge", step)) t->m->params[0] += 1.0f;
+  int same = 1;
+  CHECK_CALL(dist_same_u64(t->c, nn_hash_bytes(t->m->params, t->m->nparams * sizeof(float)), &same));
+  t->collective_fail = !same;
+  CHECK_RT(same,
+           "parameters differ across ranks after step %lld (checksums disagree): the ranks "
+           "diverged; this is a bug or a hardware fault, please report it",
+           (long long)step);
   return 0;
 }
 
 static int run(trainer *t, train_summary *out) {
   const exp_experiment *e = t->e;
   const dist_comm *c = t->c;
-  const nn_dataset *ds = &t->d.train;
-  int64_t per_epoch = (ds->n + e->batch - 1) / e->batch;
+  int64_t per_epoch = t->sh.steps_per_epoch;
   int64_t total = per_epoch * e->epochs;
   if (e->max_steps > 0 && e->max_steps < total) total = e->max_steps;
   int epochs = (int)((total + per_epoch - 1) / per_epoch);
   nn_sched_cfg sched = e->sched;
   if (sched.total_steps <= 0) sched.total_steps = total;
   if (t->h && t->h->on_start && c->rank == 0) {
-    char what[512];
+    char what[640];
     snprintf(what, sizeof what,
              "data %s: %lld train, %lld val, %lld test, %d classes, %dx%dx%d | model: %zu "
-             "parameters | %lld steps (%d epoch%s of %lld), global batch %d on %d rank%s",
-             e->data.name[0] ? e->data.name : "?", (long long)ds->n, (long long)t->d.val.n,
-             (long long)t->d.test.n, t->d.nclasses, ds->shape.c, ds->shape.h, ds->shape.w,
-             t->m->nparams, (long long)total, epochs, epochs == 1 ? "" : "s", (long long)per_epoch,
-             e->batch, c->size,
-             c->size == 1 ? "" : "s");
+             "parameters | %lld steps (%d epoch%s of %lld), global batch %d on %d rank%s, "
+             "%d shards%s",
+             e->data.name[0] ? e->data.name : "?", (long long)t->n_train, (long long)t->n_val,
+             (long long)t->n_test, t->d.nclasses, t->d.train.shape.c, t->d.train.shape.h,
+             t->d.train.shape.w, t->m->nparams, (long long)total, epochs, epochs == 1 ? "" : "s",
+             (long long)per_epoch, e->batch, c->size, c->size == 1 ? "" : "s", e->shards,
+             e->deterministic ? ", deterministic" : "");
     t->h->on_start(t->h->ctx, what);
   }
   double t0 = now_s(), train_s = 0, val_acc = NAN;
   int64_t step = 0, samples = 0;
   for (int epoch = 1; epoch <= epochs && step < total; epoch++) {
-    nn_rng r;
-    nn_rng_seed(&r, nn_hash64(nn_key(e->seed, KEY_ORDER), (uint64_t)epoch));
-    for (int64_t i = 0; i < ds->n; i++) t->order[i] = (int32_t)i;
-    nn_rng_shuffle(&r, t->order, ds->n);
+    train_shards_epoch(&t->sh, nn_key(e->seed, KEY_ORDER), epoch);
     double te = now_s(), acc[3] = {0, 0, 0};
     int64_t ep_samples = 0;
     float lr = 0;
     for (int64_t b = 0; b < per_epoch && step < total; b++, step++) {
-      int64_t start = b * e->batch;
-      int64_t n = ds->n - start < e->batch ? ds->n - start : e->batch;
       lr = nn_sched_lr(&sched, e->opt.lr, step);
-      CHECK_CALL(train_step(t, start, n, epoch, step, lr, acc));
-      ep_samples += n;
-      if (t->h && t->h->on_step && c->rank == 0)
-        t->h->on_step(t->h->ctx, epoch, step + 1, total,
-                      acc[2] > 0 ? acc[0] * c->size / acc[2] : 0, now_s() - t0);
+      double step_loss = 0;
+      CHECK_CALL(train_step(t, b, epoch, step, lr, acc, &step_loss));
+      ep_samples += e->batch;
+      if (e->check_every > 0 && (step + 1) % e->check_every == 0)
+        CHECK_CALL(check_consistency(t, step + 1));
+      if (c->rank == 0 && t->h) {
+        if (t->h->on_log && e->log_every > 0 && ((step + 1) % e->log_every == 0 || step == 0))
+          t->h->on_log(t->h->ctx, epoch, step + 1, step_loss, lr);
+        if (t->h->on_step)
+          t->h->on_step(t->h->ctx, epoch, step + 1, total, acc[2] > 0 ? acc[0] / acc[2] : 0,
+                        now_s() - t0);
+      }
     }
     double ep_s = now_s() - te;
     train_s += ep_s;
     samples += ep_samples;
-    CHECK_CALL(dist_allreduce_f64(c, acc, 3));
     train_epoch_stats s = {.epoch = epoch, .epochs = epochs, .step = step, .total_steps = total,
                            .train_loss = acc[2] > 0 ? acc[0] / acc[2] : NAN,
                            .train_acc = acc[2] > 0 ? acc[1] / acc[2] : NAN,
                            .val_loss = NAN, .val_acc = NAN,
                            .samples_per_s = ep_s > 0 ? (double)ep_samples / ep_s : 0,
                            .epoch_s = ep_s, .lr = lr};
-    if (t->d.val.n > 0) CHECK_CALL(evaluate(t, &t->d.val, &s.val_loss, &s.val_acc));
+    if (t->n_val > 0) CHECK_CALL(evaluate(t, &t->d.val, &s.val_loss, &s.val_acc));
     val_acc = s.val_acc;
     s.elapsed_s = now_s() - t0;
     s.eta_s = step > 0 ? s.elapsed_s / (double)step * (double)(total - step) : 0;
     if (t->h && t->h->on_epoch && c->rank == 0) t->h->on_epoch(t->h->ctx, &s);
   }
-  memset(out, 0, sizeof *out);
+  if (e->check_every > 0) CHECK_CALL(check_consistency(t, step));
   CHECK_CALL(evaluate(t, &t->d.test, &out->test_loss, &out->test_acc));
   out->val_acc = val_acc;
   out->train_s = train_s;
@@ -241,12 +485,23 @@ static int run(trainer *t, train_summary *out) {
   out->wall_s = now_s() - t0;
   out->steps = step;
   out->epochs = epochs;
-  out->n_train = ds->n;
-  out->n_val = t->d.val.n;
-  out->n_test = t->d.test.n;
+  out->n_train = t->n_train;
+  out->n_val = t->n_val;
+  out->n_test = t->n_test;
   out->nparams = t->m->nparams;
   out->world = c->size;
-  out->param_hash = hash_params(t->m);
+  out->param_hash = nn_hash_bytes(t->m->params, t->m->nparams * sizeof(float));
+  out->skipped_steps = t->skipped;
+  if (t->sync) dist_grad_sync_stats(t->sync, &out->sync_wait_s, NULL, NULL);
+  struct rusage ru;
+  getrusage(RUSAGE_SELF, &ru);
+  double rss[64], all[1024];
+  double mine = (double)ru.ru_maxrss / 1024.0;
+  if (c->size <= 1024) {
+    CHECK_CALL(dist_allgather_f64(c, mine, all));
+    for (int r = 0; r < c->size && r < 64; r++) rss[r] = all[r];
+    memcpy(out->rss_mb, rss, sizeof(double) * (size_t)(c->size < 64 ? c->size : 64));
+  }
   return 0;
 }
 
@@ -260,15 +515,24 @@ int train_run(const exp_experiment *e, const dist_comm *c, const train_hooks *h,
   t.h = h;
   int rc = setup(&t);
   int first = -1;
-  /* Set-up errors (bad files, shapes) are agreed on so that every rank
-   * returns the same code instead of leaving others in a collective. */
+  /* Set-up errors (a file missing on one node, a shape error, no memory)
+   * are agreed on, so that every rank returns instead of waiting in a
+   * collective for the one that failed. */
   int agreed = dist_agree(c, rc, &first);
+  if (!agreed) {
+    rc = setup_collective(&t);
+    agreed = dist_agree(c, rc, &first);
+  }
   if (agreed) {
     teardown(&t);
     out->setup_failed = 1;
+    out->failed_rank = first;
     return agreed;
   }
   rc = run(&t, out);
   teardown(&t);
+  /* Non-finite steps and checksum mismatches are seen by every rank at once:
+   * they fail together (the message is the same everywhere). */
+  if (rc && t.collective_fail) out->setup_failed = 1, out->failed_rank = 0;
   return rc;
 }

@@ -47,8 +47,10 @@ typedef struct {
   double rss_mb[64];         /* peak RSS of each rank (first 64 ranks) */
   double sync_wait_s;        /* time blocked waiting for gradient sync */
   int64_t skipped_steps;     /* steps skipped by the nan: skip policy */
-  int setup_failed;          /* set-up failed on some rank and every rank knows it:
-                                the failing rank holds the message, all return */
+  int setup_failed;          /* the failure is known to every rank (set-up, a
+                                non-finite step, a checksum mismatch): all ranks
+                                return together, no abort needed */
+  int failed_rank;           /* the rank that holds the message */
 } train_summary;
 
 /* Loads the data the experiment names, builds and trains the model, evaluates
