@@ -31,7 +31,8 @@ typedef struct {
 
 struct dist_grad_sync {
   dist_comm c;            /* duplicate of the caller's communicator */
-  int hd;                 /* reduce by halving/doubling (else MPI_Iallreduce) */
+  int hd_ok;              /* halving/doubling possible here */
+  int hd;                 /* in use (else MPI_Iallreduce) */
   float *grads;
   int nranges;
   dist_range *ranges;     /* ascending */
@@ -136,7 +137,7 @@ static int alloc_areas(dist_grad_sync *s) {
   for (int b = 0; b < s->nbuckets; b++) {
     gs_bucket *bk = &s->buckets[b];
     if (!bucket_adjacent(s->ranges, bk)) pack_floats += bk->nfloats;
-    if (s->hd) scratch_floats += dist_hd_scratch(bk->nfloats);
+    if (s->hd_ok) scratch_floats += dist_hd_scratch(bk->nfloats);
   }
   if (pack_floats) {
     s->packbuf = alloc_comm(pack_floats * sizeof(float));
@@ -155,7 +156,7 @@ static int alloc_areas(dist_grad_sync *s) {
       bk->data = bk->pack = pack;
       pack += bk->nfloats;
     }
-    if (s->hd) {
+    if (s->hd_ok) {
       bk->scratch = scratch;
       scratch += dist_hd_scratch(bk->nfloats);
     }
@@ -182,8 +183,8 @@ static int alloc_buckets(dist_grad_sync *s, size_t bucket_bytes) {
     }
     bk->pending = bk->n;
   }
-  s->hd = choose_hd(s);
-  for (int b = 0; b < s->nbuckets && !s->hd; b++) {
+  s->hd_ok = s->hd = choose_hd(s);
+  for (int b = 0; b < s->nbuckets; b++) {
     gs_bucket *bk = &s->buckets[b];
     bk->req0 = s->nreqs;
     bk->nreq = (int)((bk->nfloats + (size_t)INT_MAX - 1) / (size_t)INT_MAX);
@@ -380,3 +381,7 @@ void dist_grad_sync_stats(const dist_grad_sync *s, double *wait_s, size_t *bytes
 }
 
 void dist_grad_sync_set_enabled(dist_grad_sync *s, int on) { s->enabled = on != 0; }
+
+void dist_grad_sync_set_alg(dist_grad_sync *s, dist_sync_alg alg) {
+  s->hd = alg == DIST_SYNC_AUTO && s->hd_ok;
+}

@@ -28,7 +28,8 @@ typedef struct dist_grad_sync dist_grad_sync;
  * reduced in place; otherwise it is packed into a buffer allocated here, once
  * (with scratch for the exchange: all memory is allocated here, none per
  * step). On a power-of-two number of ranks buckets are reduced by recursive
- * halving/doubling (dist/allreduce_hd.h), otherwise by MPI_Iallreduce.
+ * halving/doubling (dist/allreduce_hd.h), otherwise by MPI_Iallreduce (see
+ * dist_grad_sync_set_alg).
  * Duplicates c's communicator, so traffic never mixes with the caller's.
  * *out is owned by the caller: free with dist_grad_sync_free. FERRY_EUSER on
  * unsorted/overlapping ranges or bucket_bytes == 0. Collective over c (the
@@ -76,6 +77,16 @@ void dist_grad_sync_stats(const dist_grad_sync *s, double *wait_s, size_t *bytes
  * and leave grads untouched, so the cost of synchronisation can be measured.
  * Must be switched identically on every rank, between steps. Not collective. */
 void dist_grad_sync_set_enabled(dist_grad_sync *s, int on);
+
+typedef enum {
+  DIST_SYNC_AUTO, /* halving/doubling on a power-of-two number of ranks, else
+                     MPI_Iallreduce */
+  DIST_SYNC_MPI   /* always MPI_Iallreduce (e.g. where an MPI offloads it) */
+} dist_sync_alg;
+
+/* Chooses how buckets are reduced (default DIST_SYNC_AUTO). Between steps,
+ * identically on every rank. Not collective. */
+void dist_grad_sync_set_alg(dist_grad_sync *s, dist_sync_alg alg);
 
 /* ---- Deterministic reduction -------------------------------------------
  * The global gradient is defined as the balanced binary tree sum over M

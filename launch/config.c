@@ -1579,6 +1579,17 @@ static const cfg_key k_train[] = {
      .doc = "write the global loss to steps.jsonl every K steps (0 = off)"},
     {.name = NULL}};
 
+static const cfg_key k_ckpt[] = {
+    {.name = "every_steps", .kind = K_INT, KF(exp_experiment, ckpt_every_steps), .r = R_GE(0),
+     .doc = "write a checkpoint every K optimizer steps (0 = off)"},
+    {.name = "every_epoch", .kind = K_BOOL, KF(exp_experiment, ckpt_every_epoch),
+     .doc = "write a checkpoint at the end of every epoch"},
+    {.name = "keep", .kind = K_INT, KF(exp_experiment, ckpt_keep), .r = R_GE(1),
+     .doc = "keep the newest K checkpoints in the run directory"},
+    {.name = "resume", .kind = K_STR, KF(exp_experiment, resume),
+     .doc = "\"\" (fresh start) | latest (newest valid checkpoint in the run directory) | a file"},
+    {.name = NULL}};
+
 static const cfg_key k_top[] = {
     {.name = "name", .kind = K_STR, KF(exp_experiment, name), .flags = F_NONEMPTY,
      .doc = "experiment name, used in reports"},
@@ -1592,6 +1603,8 @@ static const cfg_key k_top[] = {
      .type = "mapping", .doc = "a preset, or a trunk and named heads"},
     {.name = "train", .kind = K_SECT, .sub = k_train, .type = "mapping",
      .doc = "training loop settings"},
+    {.name = "checkpoint", .kind = K_SECT, .sub = k_ckpt, .type = "mapping",
+     .doc = "when to write checkpoints, how many to keep, whether to resume"},
     {.name = NULL}};
 
 /* ------------------------------------------------------------------------ */

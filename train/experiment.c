@@ -26,5 +26,7 @@ void exp_defaults(exp_experiment *e) {
   e->check_every = 100;
   e->nan_policy = EXP_NAN_STOP;
   e->log_every = 10;
+  e->ckpt_every_epoch = 1;
+  e->ckpt_keep = 3;
   strcpy(e->out_dir, "runs/experiment");
 }

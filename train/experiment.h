@@ -71,6 +71,12 @@ typedef struct {
   int check_every;           /* compare parameter checksums every K steps (0 = never) */
   int nan_policy;            /* EXP_NAN_STOP or EXP_NAN_SKIP */
   int log_every;             /* steps.jsonl: one line every K steps (0 = off) */
+  /* checkpoints */
+  int ckpt_every_steps;      /* write every K optimizer steps (0 = off) */
+  int ckpt_every_epoch;      /* write at the end of every epoch */
+  int ckpt_keep;             /* keep the newest K checkpoints */
+  char resume[EXP_PATH_MAX]; /* "" = fresh start, "latest" = newest valid in
+                                out_dir, else a checkpoint file */
   /* Fault injection for tests (launch fills it from FERRY_FAULT): "R:KIND"
    * or "R:KIND@STEP" with KIND data | alloc | nan | diverge. Empty = off. */
   char fault[64];

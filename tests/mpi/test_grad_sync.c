@@ -133,13 +133,14 @@ static void check_started(const dist_comm *c, const layout *L, report_mode mode,
 
 /* Runs steps with every reporting mode on one synchroniser; checks bits. */
 static void check_bucket_size(const dist_comm *c, const layout *L, size_t bucket_bytes,
-                              int want_buckets) {
+                              int want_buckets, dist_sync_alg alg) {
   float *g = malloc(L->slab * sizeof *g), *own = malloc(L->slab * sizeof *own);
   float *want = malloc(L->slab * sizeof *want);
   dist_grad_sync *s = NULL;
   int rc = dist_grad_sync_new(&s, c, g, L->train, L->ntrain, bucket_bytes);
   CHECK_MSG(rc == 0, "new: %s", ferry_err_msg());
   if (rc) goto out;
+  dist_grad_sync_set_alg(s, alg);
   int nb = 0;
   dist_grad_sync_stats(s, NULL, NULL, &nb);
   if (want_buckets > 0)
@@ -158,8 +159,8 @@ static void check_bucket_size(const dist_comm *c, const layout *L, size_t bucket
     rc = dist_grad_sync_finish(s);
     CHECK_MSG(rc == 0, "finish: %s", ferry_err_msg());
     CHECK_MSG(memcmp(g, want, L->slab * sizeof *g) == 0,
-              "rank %d, bucket %zu B, mode %s: slab differs from the expected sum", c->rank,
-              bucket_bytes, report_names[mode]);
+              "rank %d, bucket %zu B, alg %d, mode %s: slab differs from the expected sum",
+              c->rank, bucket_bytes, (int)alg, report_names[mode]);
     int frozen_ok = 1;
     for (int i = 0; i < L->n; i++)
       if (L->frozen[i])
@@ -184,13 +185,16 @@ static void test_bucket_sizes(const dist_comm *c) {
   layout L;
   make_layout(&L, 42, 40);
   CHECK(L.ntrain > 4 && L.ntrain < L.n);
-  check_bucket_size(c, &L, 4, L.ntrain); /* smaller than every range */
-  check_bucket_size(c, &L, L.min_len * sizeof(float), 0);
-  check_bucket_size(c, &L, L.max_len * sizeof(float), 0);
-  check_bucket_size(c, &L, 16 << 10, 0);
-  check_bucket_size(c, &L, (size_t)1 << 40, 1); /* larger than everything */
-  check_bucket_size(c, &L, L.train_floats * sizeof(float), 1);
-  check_bucket_size(c, &L, L.train_floats * sizeof(float) - 1, 2);
+  for (int a = 0; a < 2; a++) {
+    dist_sync_alg alg = a ? DIST_SYNC_MPI : DIST_SYNC_AUTO;
+    check_bucket_size(c, &L, 4, L.ntrain, alg); /* smaller than every range */
+    check_bucket_size(c, &L, L.min_len * sizeof(float), 0, alg);
+    check_bucket_size(c, &L, L.max_len * sizeof(float), 0, alg);
+    check_bucket_size(c, &L, 16 << 10, 0, alg);
+    check_bucket_size(c, &L, (size_t)1 << 40, 1, alg); /* larger than everything */
+    check_bucket_size(c, &L, L.train_floats * sizeof(float), 1, alg);
+    check_bucket_size(c, &L, L.train_floats * sizeof(float) - 1, 2, alg);
+  }
 }
 
 /* All ranges adjacent (no frozen, no gaps): one bucket reduced in place. */
@@ -207,8 +211,9 @@ static void test_adjacent(const dist_comm *c) {
   L.slab = off;
   L.min_len = 100;
   L.max_len = 433;
-  check_bucket_size(c, &L, (size_t)1 << 30, 1);
-  check_bucket_size(c, &L, 2000, 0);
+  check_bucket_size(c, &L, (size_t)1 << 30, 1, DIST_SYNC_AUTO);
+  check_bucket_size(c, &L, 2000, 0, DIST_SYNC_AUTO);
+  check_bucket_size(c, &L, 2000, 0, DIST_SYNC_MPI);
 }
 
 /* Packing and exchange areas above 2 MiB take the huge-page allocation path. */
@@ -225,7 +230,8 @@ static void test_large(const dist_comm *c) {
   L.slab = off;
   L.min_len = L.all[0].len;
   L.max_len = L.all[2].len;
-  check_bucket_size(c, &L, (size_t)1 << 30, 1);
+  check_bucket_size(c, &L, (size_t)1 << 30, 1, DIST_SYNC_AUTO);
+  check_bucket_size(c, &L, (size_t)1 << 30, 1, DIST_SYNC_MPI);
 }
 
 static void test_disabled(const dist_comm *c) {
