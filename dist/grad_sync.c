@@ -349,8 +349,9 @@ static void unpack(dist_grad_sync *s, const gs_bucket *b) {
   }
 }
 
-/* Buckets are started and completed in index order on every rank, so the
- * waits below pair up across ranks. */
+/* Every rank starts the remaining buckets, then waits for them in index
+ * order. A bucket's exchange depends only on its own messages and every rank
+ * posts them while waiting for it, so the waits cannot deadlock. */
 static int finish(dist_grad_sync *s) {
   CHECK_CALL(s->err);
   for (int b = 0; b < s->nbuckets; b++)

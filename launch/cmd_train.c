@@ -4,6 +4,7 @@
  * looks complete. */
 #include <cblas.h>
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,6 +18,25 @@
 #include "train/trainer.h"
 
 #define MAX_SETS 64
+
+/* SIGTERM / SIGUSR1 (what Slurm sends before a time limit or preemption):
+ * the first asks the trainer to checkpoint and stop at the next step on all
+ * ranks; a second one ends the process at once. */
+static volatile sig_atomic_t stop_requested;
+
+static void on_stop_signal(int sig) {
+  if (stop_requested) _exit(128 + sig);
+  stop_requested = 1;
+}
+
+static void install_stop_handlers(void) {
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_stop_signal;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGTERM, &sa, NULL);
+  sigaction(SIGUSR1, &sa, NULL);
+}
 
 void launch_print_error(int rank) {
   const char *msg = ferry_err_msg();
@@ -277,8 +297,9 @@ int cmd_train(int argc, char **argv) {
                           : "ranks will share cores and steps will be slower");
     fflush(stdout);
   }
+  install_stop_handlers();
   train_hooks hooks = {.on_step = on_step, .on_epoch = on_epoch, .on_start = on_start,
-                       .on_log = on_log, .ctx = &pr};
+                       .on_log = on_log, .stop = &stop_requested, .ctx = &pr};
   train_summary sum;
   rc = train_run(&e, &world, &hooks, &sum);
   if (!rc && world.rank == 0) {

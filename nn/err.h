@@ -10,7 +10,9 @@
 
 #include <stddef.h>
 
-enum { FERRY_OK = 0, FERRY_ERUNTIME = 1, FERRY_EUSER = 2 };
+/* Exit codes of the ferry program are these statuses: 0 ok, 1 runtime error,
+ * 2 usage error, 3 stopped by a signal after writing a checkpoint. */
+enum { FERRY_OK = 0, FERRY_ERUNTIME = 1, FERRY_EUSER = 2, FERRY_ESTOPPED = 3 };
 
 /* Formats the message and returns code. Later calls before ferry_err_clear()
  * keep the first message (the root cause) and only add to the trace. */

@@ -9,6 +9,7 @@
  * matrix, and reuses the same buffer for dcol = Wᵀ·dy before col2im. A 1x1
  * stride-1 unpadded conv needs no col at all: x is already [c][B*h*w]. */
 #include <cblas.h>
+#include <math.h>
 #include <string.h>
 
 #include "layer_ops.h"
@@ -62,9 +63,13 @@ static size_t planes_floats(const conv_dims *d, int nb) {
   return nn_al16((size_t)nb * plane_floats(d) + 8);
 }
 
+static int use_direct(const nn_layer *L);
+static size_t direct_aux_floats(const conv_dims *d);
+
 size_t nn_conv_aux_floats(const nn_layer *L, int B) {
   if (is_pointwise(L)) return 0;
   conv_dims d = dims_of(L);
+  if (use_direct(L)) return direct_aux_floats(&d);
   int nb = chunk_samples(&d, B);
   return col_floats(&d, nb) + planes_floats(&d, nb);
 }
@@ -257,6 +262,300 @@ static void add_bias_grad(float *db, const float *dy, int O, size_t N, size_t c0
   for (int o = 0; o < O; o++) db[o] += sum_f(dy + (size_t)o * N + c0, nc);
 }
 
+/* ---- Direct path (stride 1, pad < k): no col matrix, no sgemm. ----------
+ *
+ * A register tile holds DT_P x DT_V sums. Its DT_V columns are channels
+ * (two 8-float vectors), its DT_P rows either output pixels (forward, dx) or
+ * weight rows (dW), and one step of its sum reads one vector of DT_V packed
+ * values and broadcasts one scalar per row from a zero-padded plane, at
+ * address row_base[j] + idx[i]. The broadcast operand is read in place, so
+ * neither operand needs an im2col copy; the result comes out channel-minor
+ * ([pixel][channel]) and is transposed into CNHW per block of pixels.
+ *  forward: rows = output pixels, sum over (ci,kh,kw) of x-planes · W;
+ *  dW:      rows = (ci,kh,kw),   sum over output pixels of x-planes · dy;
+ *  dx:      rows = input pixels, sum over (o,kh,kw) of dy-planes (padded by
+ *           k-1-pad) · W flipped, i.e. the transposed convolution. */
+#define DT_P 6
+#define DT_V 16
+#define DT_BLOCK 48 /* pixels per transposed block; a multiple of DT_P */
+
+static size_t up_to(size_t n, size_t m) { return (n + m - 1) / m * m; }
+
+static int use_direct(const nn_layer *L) {
+  return L->spec.stride == 1 && L->spec.pad < L->spec.k && !is_pointwise(L);
+}
+
+/* c[j][0..DT_V) += sum over i < n of a[j][idx[i]] * v[i*ldv + 0..DT_V), for
+ * j < DT_P (c rows ldc apart). Unrolled so that GCC keeps the 6x16 sums in
+ * twelve vector registers (check the loop's assembly after changing this:
+ * GCC spills them for small reasons); fmaf becomes one vector FMA per 8
+ * lanes. */
+static void fma_tile(int n, const int32_t *restrict idx, const float *const a[DT_P],
+                     const float *restrict v, size_t ldv, float *restrict c, size_t ldc) {
+  float acc[DT_P][DT_V];
+  for (int j = 0; j < DT_P; j++)
+    for (int l = 0; l < DT_V; l++) acc[j][l] = c[j * ldc + l];
+  for (int i = 0; i < n; i++) {
+    const float *restrict vi = v + (size_t)i * ldv;
+    const int32_t o = idx[i];
+#pragma GCC unroll 6
+    for (int j = 0; j < DT_P; j++) {
+      const float s = a[j][o];
+#pragma GCC unroll 16
+      for (int l = 0; l < DT_V; l++) acc[j][l] = fmaf(s, vi[l], acc[j][l]);
+    }
+  }
+  for (int j = 0; j < DT_P; j++)
+    for (int l = 0; l < DT_V; l++) c[j * ldc + l] = acc[j][l];
+}
+
+/* Float offsets into aux of the direct path's buffers (the int32 tables are
+ * stored in float-sized slots). */
+typedef struct {
+  int Op, Cp;           /* O, C rounded up to DT_V */
+  int Kp, Kx;           /* K rounded up to DT_P; rows of the dx sum, O*k*k */
+  int q, Hq, Wq;        /* dy padding k-1-pad and padded dy plane extent */
+  size_t pin, pdy;      /* padded x plane and padded dy plane floats */
+  size_t npo, npi;      /* output / input pixels rounded up to DT_P */
+  size_t wpk, dwt, xin, dyp, dyt, blk, row, offf, pixf, offb, pixb, total;
+} direct_ws;
+
+static direct_ws direct_layout(const conv_dims *d) {
+  direct_ws w = {.Op = (int)up_to(d->O, DT_V), .Cp = (int)up_to(d->C, DT_V),
+                 .Kp = (int)up_to(d->K, DT_P), .Kx = d->O * d->k * d->k, .q = d->k - 1 - d->pad};
+  w.Hq = d->OH + 2 * w.q;
+  w.Wq = d->OW + 2 * w.q;
+  w.pin = plane_floats(d);
+  w.pdy = (size_t)w.Hq * w.Wq;
+  w.npo = up_to(d->ohw, DT_P);
+  w.npi = up_to(d->hw, DT_P);
+  size_t n = 0, wp = (size_t)w.Op * d->K, wb = (size_t)w.Cp * w.Kx;
+  w.wpk = n, n += nn_al16(wp > wb ? wp : wb);
+  w.dwt = n, n += nn_al16((size_t)w.Kp * w.Op);
+  w.xin = n, n += nn_al16((size_t)d->C * w.pin);
+  w.dyp = n, n += nn_al16((size_t)d->O * w.pdy);
+  w.dyt = n, n += nn_al16(d->ohw * w.Op);
+  w.blk = n, n += nn_al16((size_t)DT_BLOCK * (w.Op > w.Cp ? w.Op : w.Cp));
+  w.row = n, n += nn_al16((size_t)(w.Op > w.Cp ? w.Op : w.Cp));
+  w.offf = n, n += nn_al16((size_t)w.Kp);
+  w.pixf = n, n += nn_al16(w.npo);
+  w.offb = n, n += nn_al16((size_t)w.Kx);
+  w.pixb = n, n += nn_al16(w.npi);
+  w.total = n;
+  return w;
+}
+
+static int32_t *ws_ints(const nn_layer *L, size_t off) { return (int32_t *)(L->aux + off); }
+
+/* off[r] = ci*pin + kh*Wp + kw over the K rows (ci,kh,kw), 0 up to Kp;
+ * pix[p] = oy*Wp + ox over the output pixels, 0 up to npo. */
+static void fwd_tables(const conv_dims *d, const direct_ws *w, int32_t *off, int32_t *pix) {
+  const int Wp = d->W + 2 * d->pad;
+  int r = 0;
+  for (int ci = 0; ci < d->C; ci++)
+    for (int kh = 0; kh < d->k; kh++)
+      for (int kw = 0; kw < d->k; kw++) off[r++] = (int32_t)(ci * w->pin + kh * Wp + kw);
+  for (; r < w->Kp; r++) off[r] = 0;
+  size_t p = 0;
+  for (int oy = 0; oy < d->OH; oy++)
+    for (int ox = 0; ox < d->OW; ox++) pix[p++] = oy * Wp + ox;
+  for (; p < w->npo; p++) pix[p] = 0;
+}
+
+/* The dx sum's tables: rows (o,kh,kw) of the padded dy planes, and the
+ * input pixels. */
+static void bwd_tables(const conv_dims *d, const direct_ws *w, int32_t *off, int32_t *pix) {
+  int r = 0;
+  for (int o = 0; o < d->O; o++)
+    for (int kh = 0; kh < d->k; kh++)
+      for (int kw = 0; kw < d->k; kw++) off[r++] = (int32_t)(o * w->pdy + kh * w->Wq + kw);
+  size_t p = 0;
+  for (int iy = 0; iy < d->H; iy++)
+    for (int ix = 0; ix < d->W; ix++) pix[p++] = iy * w->Wq + ix;
+  for (; p < w->npi; p++) pix[p] = 0;
+}
+
+/* wpk[h][r][i] = W[h*DT_V + i][r] (0 past O): per DT_V-channel group, K
+ * rows of DT_V output channels. */
+static void pack_w_fwd(const conv_dims *d, const direct_ws *w, const float *W, float *wpk) {
+  for (int h = 0; h < w->Op / DT_V; h++)
+    for (int r = 0; r < d->K; r++)
+      for (int i = 0; i < DT_V; i++) {
+        const int o = h * DT_V + i;
+        wpk[((size_t)h * d->K + r) * DT_V + i] = o < d->O ? W[(size_t)o * d->K + r] : 0.0f;
+      }
+}
+
+/* wpk[h][(o,kh,kw)][i] = W[o][h*DT_V + i][k-1-kh][k-1-kw] (0 past C). */
+static void pack_w_bwd(const conv_dims *d, const direct_ws *w, const float *W, float *wpk) {
+  const int k = d->k, kk = k * k;
+  for (int h = 0; h < w->Cp / DT_V; h++)
+    for (int o = 0; o < d->O; o++)
+      for (int t = 0; t < kk; t++) {
+        float *dst = wpk + ((size_t)h * w->Kx + (size_t)o * kk + t) * DT_V;
+        for (int i = 0; i < DT_V; i++) {
+          const int ci = h * DT_V + i;
+          dst[i] = ci < d->C ? W[((size_t)o * d->C + ci) * kk + (kk - 1 - t)] : 0.0f;
+        }
+      }
+}
+
+/* Copies the n planes src + i*sstride (H x W each) into the interiors, at
+ * (pad, pad), of the zero-bordered planes dst + i*dplane of width Wd. */
+static void fill_interiors(float *restrict dst, size_t dplane, int Wd, int pad,
+                           const float *restrict src, size_t sstride, int n, int H, int W) {
+  for (int i = 0; i < n; i++)
+    for (int y = 0; y < H; y++)
+      memcpy(dst + i * dplane + (size_t)(y + pad) * Wd + pad, src + i * sstride + (size_t)y * W,
+             (size_t)W * sizeof *dst);
+}
+
+/* 8 floats as one vector value: GCC/clang vector extensions, which compile
+ * on any target (AVX here, SSE pairs or scalars elsewhere). */
+typedef float v8f __attribute__((vector_size(32)));
+
+static inline v8f ld8(const float *p) {
+  v8f v;
+  memcpy(&v, p, sizeof v);
+  return v;
+}
+
+static inline void st8(float *p, v8f v) { memcpy(p, &v, sizeof v); }
+
+/* Transposes the 8x8 block at s (rows ls apart) into d (rows ld apart), or
+ * adds its transpose: unpack, 2-float shuffle, then 4-float halves. */
+static void transpose8(float *restrict d, size_t ld, const float *restrict s, size_t ls, int acc) {
+  v8f r[8], t[8], u[8], o[8];
+  for (int i = 0; i < 8; i++) r[i] = ld8(s + i * ls);
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = __builtin_shufflevector(r[i], r[i + 1], 0, 8, 1, 9, 4, 12, 5, 13);
+    t[i + 1] = __builtin_shufflevector(r[i], r[i + 1], 2, 10, 3, 11, 6, 14, 7, 15);
+  }
+  for (int i = 0; i < 8; i += 4)
+    for (int j = 0; j < 2; j++) {
+      u[i + j] = __builtin_shufflevector(t[i + j], t[i + j + 2], 0, 1, 8, 9, 4, 5, 12, 13);
+      u[i + j + 2] = __builtin_shufflevector(t[i + j], t[i + j + 2], 2, 3, 10, 11, 6, 7, 14, 15);
+    }
+  /* u[0..3] hold columns (0,4) (2,6) (1,5) (3,7) of rows 0-3, u[4..7] of rows 4-7 */
+  static const int col[4] = {0, 2, 1, 3};
+  for (int i = 0; i < 4; i++) {
+    o[col[i]] = __builtin_shufflevector(u[i], u[i + 4], 0, 1, 2, 3, 8, 9, 10, 11);
+    o[col[i] + 4] = __builtin_shufflevector(u[i], u[i + 4], 4, 5, 6, 7, 12, 13, 14, 15);
+  }
+  for (int i = 0; i < 8; i++) st8(d + i * ld, acc ? ld8(d + i * ld) + o[i] : o[i]);
+}
+
+/* d[c][r] (= or +=) s[r][c] for r < nr, c < nc; s rows ls apart, d rows ld
+ * apart. Whole 8x8 blocks go through transpose8, the edges one by one. */
+static void transpose_into(float *restrict d, size_t ld, const float *restrict s, size_t ls, int nr,
+                           int nc, int acc) {
+  const int r8 = nr & ~7, c8 = nc & ~7;
+  for (int r = 0; r < r8; r += 8)
+    for (int c = 0; c < c8; c += 8) transpose8(d + (size_t)c * ld + r, ld, s + (size_t)r * ls + c, ls, acc);
+  for (int c = 0; c < nc; c++) {
+    float *restrict dr = d + (size_t)c * ld;
+    for (int r = c < c8 ? r8 : 0; r < nr; r++) {
+      const float v = s[(size_t)r * ls + c];
+      dr[r] = acc ? dr[r] + v : v;
+    }
+  }
+}
+
+/* The tiles of one block of np pixels (starting at table entry pix): blk
+ * [np rounded up to DT_P][ld] = init + rows of planes (+ pix) summed against
+ * wpk, per group of DT_V channels. */
+static void block_tiles(const float *planes, const int32_t *pix, int np, int nrows,
+                        const int32_t *off, const float *wpk, int groups, const float *init,
+                        float *blk, int ld) {
+  for (int t = 0; t < np; t += DT_P) {
+    const float *a[DT_P];
+    for (int j = 0; j < DT_P; j++) a[j] = planes + pix[t + j];
+    float *restrict c = blk + (size_t)t * ld;
+    for (int j = 0; j < DT_P; j++)
+      for (int l = 0; l < ld; l++) c[(size_t)j * ld + l] = init[l];
+    for (int h = 0; h < groups; h++)
+      fma_tile(nrows, off, a, wpk + (size_t)h * nrows * DT_V, DT_V, c + h * DT_V, (size_t)ld);
+  }
+}
+
+static size_t direct_aux_floats(const conv_dims *d) { return direct_layout(d).total; }
+
+static void direct_forward(nn_layer *L, const conv_dims *d, const float *x, int B) {
+  const direct_ws w = direct_layout(d);
+  float *wpk = L->aux + w.wpk, *xin = L->aux + w.xin, *blk = L->aux + w.blk;
+  float *brow = L->aux + w.row; /* the tiles' initial row: the bias */
+  int32_t *off = ws_ints(L, w.offf), *pix = ws_ints(L, w.pixf);
+  for (int o = 0; o < w.Op; o++) brow[o] = L->b && o < d->O ? L->b[o] : 0.0f;
+  pack_w_fwd(d, &w, L->W, wpk);
+  fwd_tables(d, &w, off, pix);
+  memset(xin, 0, (size_t)d->C * w.pin * sizeof *xin);
+  for (int b = 0; b < B; b++) {
+    fill_interiors(xin, w.pin, d->W + 2 * d->pad, d->pad, x + (size_t)b * d->hw,
+                   (size_t)B * d->hw, d->C, d->H, d->W);
+    for (size_t p0 = 0; p0 < d->ohw; p0 += DT_BLOCK) {
+      const int np = (int)(d->ohw - p0 < DT_BLOCK ? d->ohw - p0 : DT_BLOCK);
+      block_tiles(xin, pix + p0, np, d->K, off, wpk, w.Op / DT_V, brow, blk, w.Op);
+      transpose_into(L->y + (size_t)b * d->ohw + p0, (size_t)B * d->ohw, blk, w.Op, np, d->O, 0);
+    }
+  }
+}
+
+static void direct_dw_sample(nn_layer *L, const conv_dims *d, const direct_ws *w, const float *x,
+                             const float *dy, int B, int b) {
+  float *xin = L->aux + w->xin, *dyt = L->aux + w->dyt, *dwt = L->aux + w->dwt;
+  const int32_t *off = ws_ints(L, w->offf), *pix = ws_ints(L, w->pixf);
+  fill_interiors(xin, w->pin, d->W + 2 * d->pad, d->pad, x + (size_t)b * d->hw, (size_t)B * d->hw,
+                 d->C, d->H, d->W);
+  /* dyt[p][o] = dy of sample b; columns past O stay 0 from the initial clear */
+  transpose_into(dyt, (size_t)w->Op, dy + (size_t)b * d->ohw, (size_t)B * d->ohw, d->O,
+                 (int)d->ohw, 0);
+  for (int r = 0; r < w->Kp; r += DT_P) {
+    const float *a[DT_P];
+    for (int j = 0; j < DT_P; j++) a[j] = xin + off[r + j];
+    for (int h = 0; h < w->Op / DT_V; h++)
+      fma_tile((int)d->ohw, pix, a, dyt + h * DT_V, (size_t)w->Op, dwt + (size_t)r * w->Op + h * DT_V, (size_t)w->Op);
+  }
+}
+
+static void direct_dx_sample(nn_layer *L, const conv_dims *d, const direct_ws *w, const float *dy,
+                             float *dx, int B, int b, int acc) {
+  float *dyp = L->aux + w->dyp, *wpk = L->aux + w->wpk, *blk = L->aux + w->blk;
+  const float *zero = L->aux + w->row;
+  const int32_t *off = ws_ints(L, w->offb), *pix = ws_ints(L, w->pixb);
+  fill_interiors(dyp, w->pdy, w->Wq, w->q, dy + (size_t)b * d->ohw, (size_t)B * d->ohw, d->O,
+                 d->OH, d->OW);
+  for (size_t p0 = 0; p0 < d->hw; p0 += DT_BLOCK) {
+    const int np = (int)(d->hw - p0 < DT_BLOCK ? d->hw - p0 : DT_BLOCK);
+    block_tiles(dyp, pix + p0, np, w->Kx, off, wpk, w->Cp / DT_V, zero, blk, w->Cp);
+    transpose_into(dx + (size_t)b * d->hw + p0, (size_t)B * d->hw, blk, w->Cp, np, d->C, acc);
+  }
+}
+
+static void direct_backward(nn_layer *L, const conv_dims *d, const float *x, const float *dy,
+                            float *dx, int B, int acc_dx, int train) {
+  const direct_ws w = direct_layout(d);
+  if (train) {
+    fwd_tables(d, &w, ws_ints(L, w.offf), ws_ints(L, w.pixf));
+    memset(L->aux + w.dwt, 0, (size_t)w.Kp * w.Op * sizeof *L->aux);
+    memset(L->aux + w.xin, 0, (size_t)d->C * w.pin * sizeof *L->aux);
+    memset(L->aux + w.dyt, 0, d->ohw * w.Op * sizeof *L->aux);
+  }
+  if (dx) {
+    bwd_tables(d, &w, ws_ints(L, w.offb), ws_ints(L, w.pixb));
+    pack_w_bwd(d, &w, L->W, L->aux + w.wpk);
+    memset(L->aux + w.dyp, 0, (size_t)d->O * w.pdy * sizeof *L->aux);
+    memset(L->aux + w.row, 0, (size_t)w.Cp * sizeof *L->aux);
+  }
+  for (int b = 0; b < B; b++) {
+    if (train) direct_dw_sample(L, d, &w, x, dy, B, b);
+    if (dx) direct_dx_sample(L, d, &w, dy, dx, B, b, acc_dx);
+  }
+  if (!train) return;
+  const float *dwt = L->aux + w.dwt;
+  for (int o = 0; o < d->O; o++)
+    for (int r = 0; r < d->K; r++) L->dW[(size_t)o * d->K + r] += dwt[(size_t)r * w.Op + o];
+}
+
 void nn_conv_forward(nn_layer *L, const float *x, int B) {
   conv_dims d = dims_of(L);
   const size_t N = (size_t)B * d.ohw;
@@ -264,6 +563,10 @@ void nn_conv_forward(nn_layer *L, const float *x, int B) {
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, d.O, (int)N, d.C, 1.0f, L->W, d.C, x,
                 (int)N, 0.0f, L->y, (int)N);
     if (L->b) add_bias(L->y, L->b, d.O, N, 0, N);
+    return;
+  }
+  if (use_direct(L)) {
+    direct_forward(L, &d, x, B);
     return;
   }
   const int nb = chunk_samples(&d, B);
@@ -292,6 +595,11 @@ void nn_conv_backward(nn_layer *L, const float *x, const float *dy, float *dx, i
     if (dx)
       cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, d.C, (int)N, d.O, 1.0f, L->W, d.C, dy,
                   (int)N, acc_dx ? 1.0f : 0.0f, dx, (int)N);
+    return;
+  }
+  if (use_direct(L)) {
+    direct_backward(L, &d, x, dy, dx, B, acc_dx, train);
+    if (train && L->db) add_bias_grad(L->db, dy, d.O, N, 0, N);
     return;
   }
   const int nb = chunk_samples(&d, B);

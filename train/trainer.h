@@ -5,6 +5,7 @@
 #ifndef FERRY_TRAIN_TRAINER_H
 #define FERRY_TRAIN_TRAINER_H
 
+#include <signal.h>
 #include <stdint.h>
 
 #include "dist/comm.h"
@@ -28,6 +29,9 @@ typedef struct {
   void (*on_epoch)(void *ctx, const train_epoch_stats *s);
   /* Every log_every steps: the global mean training loss of that step. */
   void (*on_log)(void *ctx, int epoch, int64_t step, double loss, double lr);
+  /* Set (by a signal handler) when the job should stop: all ranks agree on
+   * the step, write a checkpoint and return FERRY_ESTOPPED. May be NULL. */
+  const volatile sig_atomic_t *stop;
   /* Once, before training: a line of facts about data and model. */
   void (*on_start)(void *ctx, const char *what);
   void *ctx;

@@ -6,14 +6,16 @@
  *   compute_s   layers only
  *   disabled_s  layers + ready/finish with sync switched off
  *   sync_s      layers + bucketed sync (progress from the ready calls)
+ *   sync_mpi_s  the same with DIST_SYNC_MPI (MPI_Iallreduce per bucket)
  *   blocking_s  layers, then one MPI_Allreduce of the whole slab
  *   sync_thread_s  sync_s plus a thread calling MPI_Iprobe every thread_us
  *               (only with FERRY_BENCH_THREAD=<us>: MPI_THREAD_MULTIPLE)
+ *   ratio = sync_s / disabled_s (ratio_mpi, ratio_blocking alike);
+ *   per step, mean over reps, slowest rank: wait_s = seconds blocked in
+ *   finish, ready_s = seconds inside the ready calls (starting buckets and
+ *   driving progress: the copies and sums of the exchange).
  * FERRY_BENCH_THP=1 puts the gradient slab in 2 MiB transparent huge pages
  * (nn's slabs use 4 KiB pages today).
- *   ratio = sync_s / disabled_s; per step, mean over reps, slowest rank:
- *   wait_s = seconds blocked in finish, ready_s = seconds inside the ready
- *   calls (starting buckets and driving progress: MPI's copies and sums).
  * Run:
  *   mpirun --allow-run-as-root -np 2 -x OMPI_MCA_mpi_yield_when_idle=1 \
  *     -x OPENBLAS_NUM_THREADS=1 build/tests/mpi/bench_overlap [K range_kib bucket_kib reps gemm_n]
@@ -36,10 +38,10 @@
 #include "nn/err.h"
 
 typedef enum {
-  MODE_COMPUTE, MODE_DISABLED, MODE_SYNC, MODE_BLOCKING, MODE_THREAD, MODE_COUNT
+  MODE_COMPUTE, MODE_DISABLED, MODE_SYNC, MODE_SYNC_MPI, MODE_BLOCKING, MODE_THREAD, MODE_COUNT
 } mode;
-static const char *const mode_names[MODE_COUNT] = {"compute_s", "disabled_s", "sync_s",
-                                                   "blocking_s", "sync_thread_s"};
+static const char *const mode_names[MODE_COUNT] = {
+    "compute_s", "disabled_s", "sync_s", "sync_mpi_s", "blocking_s", "sync_thread_s"};
 
 typedef struct {
   int K, gemm_n, thread_us, thp;
@@ -79,7 +81,7 @@ static void *pump(void *arg) {
 }
 
 static int step(bench *B, mode m) {
-  int syncs = m == MODE_SYNC || m == MODE_DISABLED || m == MODE_THREAD;
+  int syncs = m == MODE_SYNC || m == MODE_SYNC_MPI || m == MODE_DISABLED || m == MODE_THREAD;
   pthread_t th;
   if (m == MODE_THREAD) {
     atomic_store(&B->pump_on, 1);
@@ -172,9 +174,10 @@ static void print_json(const bench *B, double *const t[MODE_COUNT], int reps, si
          reps);
   for (int m = 0; m < MODE_COUNT; m++)
     if (m != MODE_THREAD || B->thread_us) printf(", \"%s\": %.6f", mode_names[m], med[m]);
-  printf(", \"ratio\": %.4f, \"ratio_blocking\": %.4f, \"wait_s\": %.6f, \"ready_s\": %.6f",
-         med[MODE_SYNC] / med[MODE_DISABLED], med[MODE_BLOCKING] / med[MODE_DISABLED],
-         worst[0] / reps, worst[2] / reps);
+  printf(", \"ratio\": %.4f, \"ratio_mpi\": %.4f, \"ratio_blocking\": %.4f, \"wait_s\": %.6f, "
+         "\"ready_s\": %.6f",
+         med[MODE_SYNC] / med[MODE_DISABLED], med[MODE_SYNC_MPI] / med[MODE_DISABLED],
+         med[MODE_BLOCKING] / med[MODE_DISABLED], worst[0] / reps, worst[2] / reps);
   if (B->thread_us)
     printf(", \"thread_us\": %d, \"ratio_thread\": %.4f, \"wait_thread_s\": %.6f", B->thread_us,
            med[MODE_THREAD] / med[MODE_DISABLED], worst[1] / reps);
@@ -206,6 +209,7 @@ int main(int argc, char **argv) {
     for (int m = 0; rc == 0 && m < MODE_COUNT; m++) {
       if (m == MODE_THREAD && !B.thread_us) continue;
       dist_grad_sync_set_enabled(B.sync, m != MODE_DISABLED);
+      dist_grad_sync_set_alg(B.sync, m == MODE_SYNC_MPI ? DIST_SYNC_MPI : DIST_SYNC_AUTO);
       double dt = timed_step(&B, (mode)m, &rc);
       if (r >= 0) t[m][r] = dt;
       else B.wait_sync = B.wait_thread = B.ready_sync = 0;
