@@ -40,7 +40,8 @@ static void install_stop_handlers(void) {
 
 void launch_print_error(int rank) {
   const char *msg = ferry_err_msg();
-  fprintf(stderr, "[rank %d] ferry: error: %s\n", rank, msg[0] ? msg : "unknown error");
+  const char *what = ferry_err_code() == FERRY_ESTOPPED ? "stopped" : "error";
+  fprintf(stderr, "[rank %d] ferry: %s: %s\n", rank, what, msg[0] ? msg : "unknown error");
   if (getenv("FERRY_DEBUG")) fprintf(stderr, "[rank %d]   at %s\n", rank, ferry_err_where());
 }
 
@@ -60,16 +61,24 @@ void cmd_train_help(void) {
       "                     --set data.classes=[0,1,2], --set train.optimizer.lr=0.1;\n"
       "                     VALUE is YAML; repeat for several keys\n"
       "  --progress MODE    auto (live bar on a terminal, lines otherwise), bar, plain\n"
+      "  --resume           continue from the newest valid checkpoint in the run\n"
+      "                     directory (checkpoint.resume=latest); same run, same bits\n"
       "  --help             this text and the experiment file reference\n"
       "\n"
       "writes: DIR/metrics.jsonl  one JSON object per epoch: epoch, step, train_loss,\n"
       "                           train_acc, val_loss, val_acc, samples_per_s, epoch_s, lr\n"
+      "        DIR/steps.jsonl    the global training loss every train.log_every steps\n"
+      "        DIR/ckpt-STEP.ferry  checkpoints (see the checkpoint keys below)\n"
       "        DIR/summary.json   at the end: test_acc, test_loss, val_acc,\n"
       "                           train_samples_per_s, wall_s, steps, world_size,\n"
       "                           param_hash, ... (absent if the run failed)\n"
       "\n"
+      "signals: SIGTERM or SIGUSR1 (Slurm's warning before a time limit or preemption)\n"
+      "        on any rank: all ranks finish the current step, write a checkpoint and\n"
+      "        exit with code 3; a second signal exits at once (128 + signal).\n"
+      "\n"
       "exit codes: 0 finished, 1 runtime error, 2 usage error (arguments, experiment\n"
-      "file, data files).\n"
+      "file, data files), 3 stopped by a signal after writing a checkpoint.\n"
       "\n"
       "experiment file keys (YAML; see docs/experiment-format.md for examples):\n");
   cfg_print_reference(stdout);
@@ -193,22 +202,54 @@ static int write_summary(const char *dir, const exp_experiment *e, const train_s
 }
 
 /* Rank 0 prepares the run directory; the result is agreed by all ranks. */
-static int prepare_out(const char *dir, presenter *pr) {
+/* The experiment text a checkpoint stores: the file, then the overrides as
+ * comment lines. *out owned by the caller. */
+static int read_experiment_text(const char *path, const char *const *sets, int nsets, char **out) {
+  FILE *f = fopen(path, "rb");
+  CHECK_USER(f, "%s: cannot open", path);
+  size_t cap = 1 << 12, n = 0;
+  char *buf = malloc(cap);
+  size_t k;
+  while (buf && (k = fread(buf + n, 1, cap - n - 1, f)) > 0) {
+    n += k;
+    if (n + 1 == cap) {
+      char *nb = realloc(buf, cap *= 2);
+      if (!nb) free(buf);
+      buf = nb;
+    }
+  }
+  fclose(f);
+  CHECK_ALLOC(buf, cap);
+  buf[n] = '\0';
+  for (int i = 0; i < nsets; i++) {
+    size_t add = strlen(sets[i]) + 16;
+    char *nb = realloc(buf, n + add + 1);
+    if (!nb) free(buf);
+    CHECK_ALLOC(nb, n + add + 1);
+    buf = nb;
+    n += (size_t)snprintf(buf + n, add + 1, "\n# --set %s", sets[i]);
+  }
+  *out = buf;
+  return 0;
+}
+
+static int prepare_out(const char *dir, int append, presenter *pr) {
   CHECK_CALL(io_mkdirs(dir));
   char path[EXP_PATH_MAX + 32];
   snprintf(path, sizeof path, "%s/summary.json", dir);
   unlink(path); /* a stale summary must not describe this run */
   snprintf(path, sizeof path, "%s/metrics.jsonl", dir);
-  pr->metrics = fopen(path, "w");
+  pr->metrics = fopen(path, append ? "a" : "w");
   CHECK_RT(pr->metrics, "cannot write %s (is the directory writable?)", path);
   snprintf(path, sizeof path, "%s/steps.jsonl", dir);
-  pr->steps = fopen(path, "w");
+  pr->steps = fopen(path, append ? "a" : "w");
   CHECK_RT(pr->steps, "cannot write %s (is the directory writable?)", path);
   return 0;
 }
 
 int cmd_train(int argc, char **argv) {
   const char *file = NULL, *out = NULL, *progress = NULL;
+  int resume = 0;
   const char *sets[MAX_SETS];
   int nsets = 0;
   for (int i = 0; i < argc; i++) {
@@ -220,6 +261,8 @@ int cmd_train(int argc, char **argv) {
                i + 1 >= argc) {
       fprintf(stderr, "ferry train: %s needs a value\n", a);
       return 2;
+    } else if (!strcmp(a, "--resume")) {
+      resume = 1;
     } else if (!strcmp(a, "--out")) {
       out = argv[++i];
     } else if (!strcmp(a, "--progress")) {
@@ -258,6 +301,10 @@ int cmd_train(int argc, char **argv) {
   static exp_experiment e;
   int rc = cfg_load(&e, file, sets, nsets);
   if (!rc && out) snprintf(e.out_dir, sizeof e.out_dir, "%s", out);
+  if (!rc && resume) snprintf(e.resume, sizeof e.resume, "latest");
+  char *text = NULL;
+  if (!rc) rc = read_experiment_text(file, sets, nsets, &text);
+  e.text = text;
   if (progress) e.progress = !strcmp(progress, "bar") ? 1 : !strcmp(progress, "plain") ? 0 : -1;
   /* Test and bench hooks, documented in tests/ and bench/: never set them in
    * production runs. */
@@ -265,13 +312,14 @@ int cmd_train(int argc, char **argv) {
   if (fault) snprintf(e.fault, sizeof e.fault, "%s", fault);
   e.bench_no_sync = getenv("FERRY_BENCH_NO_SYNC") != NULL;
   presenter pr = {0};
-  if (!rc && world.rank == 0) rc = prepare_out(e.out_dir, &pr);
+  if (!rc && world.rank == 0) rc = prepare_out(e.out_dir, e.resume[0] != 0, &pr);
   int first = -1, agreed = dist_agree(&world, rc, &first);
   if (agreed) {
     /* Every rank read the same file: one message, from the first failing rank. */
     if (rc && world.rank == first) launch_print_error(world.rank);
     if (pr.metrics) fclose(pr.metrics);
     if (pr.steps) fclose(pr.steps);
+    free(text);
     dist_finalize();
     return agreed;
   }
@@ -310,6 +358,7 @@ int cmd_train(int argc, char **argv) {
   }
   if (pr.metrics) fclose(pr.metrics);
   if (pr.steps) fclose(pr.steps);
+  free(text);
   if (rc && sum.setup_failed) {
     /* Every rank knows; the rank that holds the cause says it, once. */
     if (world.rank == sum.failed_rank) launch_print_error(world.rank);

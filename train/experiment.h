@@ -45,6 +45,8 @@ typedef struct {
 typedef struct {
   char name[128];
   char text_path[EXP_PATH_MAX]; /* the experiment file, for provenance */
+  const char *text;          /* its text (+ overrides), stored in checkpoints;
+                                not owned, may be NULL */
   uint64_t text_hash;        /* hash of the file text and --set overrides */
   uint64_t seed;
   exp_data data;

@@ -16,6 +16,7 @@
 
 #include <cblas.h>
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,6 +24,7 @@
 #include <time.h>
 
 #include "dist/grad_sync.h"
+#include "train/ckpt.h"
 #include "nn/err.h"
 #include "nn/rng.h"
 #include "train/shard.h"
@@ -61,6 +63,9 @@ typedef struct {
   fault_spec fault;
   int64_t skipped;
   int collective_fail; /* the last error is known to every rank at once */
+  int64_t start_step, start_epoch, start_batch; /* cursor after a resume */
+  int stop_agreed;      /* some rank got a stop signal this step */
+  ckpt_dataset prov[2]; /* provenance: training and test data digests */
 } trainer;
 
 static double now_s(void) {
@@ -177,6 +182,10 @@ static int setup(trainer *t) {
   }
   CHECK_CALL(nn_tf_check(e->data.tf, e->data.ntf, &t->d.train));
   CHECK_CALL(nn_tf_check(e->data.aug, e->data.naug, &t->d.train));
+  snprintf(t->prov[0].name, sizeof t->prov[0].name, "train:%.200s", t->d.train.source);
+  t->prov[0].digest = nn_data_digest(&t->d.train);
+  snprintf(t->prov[1].name, sizeof t->prov[1].name, "test:%.200s", t->d.test.source);
+  t->prov[1].digest = nn_data_digest(&t->d.test);
   int nclasses = t->d.nclasses;
   nn_shape shape = t->d.train.shape;
   int spatial = t->d.train.spatial;
@@ -373,9 +382,13 @@ static int train_step(trainer *t, int64_t b, int epoch, int64_t step, float lr, 
   double loss_sum = 0, correct = 0;
   CHECK_CALL(compute_gradient(t, b, epoch, step, norm, &loss_sum, &correct));
   /* Every rank learns whether any rank's loss was non-finite, and which. */
-  double st[3] = {isfinite(loss_sum) ? loss_sum : 0, correct,
-                  isfinite(loss_sum) ? 0 : ldexp(1.0, t->c->rank < 52 ? t->c->rank : 52)};
-  CHECK_CALL(dist_allreduce_f64(t->c, st, 3));
+  /* ... and whether any rank was asked to stop (SIGTERM/SIGUSR1). */
+  int stop_here = t->h && t->h->stop && *t->h->stop;
+  double st[4] = {isfinite(loss_sum) ? loss_sum : 0, correct,
+                  isfinite(loss_sum) ? 0 : ldexp(1.0, t->c->rank < 52 ? t->c->rank : 52),
+                  stop_here ? 1.0 : 0.0};
+  CHECK_CALL(dist_allreduce_f64(t->c, st, 4));
+  t->stop_agreed = st[3] > 0;
   double gnorm = nn_grad_norm(t->m);
   if (st[2] != 0 || !isfinite(gnorm)) {
     /* st[2] is an exact sum of distinct powers of two: its lowest set bit
@@ -418,6 +431,85 @@ static int check_consistency(trainer *t, int64_t step) {
   return 0;
 }
 
+static void note(const trainer *t, const char *msg) {
+  if (t->c->rank == 0 && t->h && t->h->on_start) t->h->on_start(t->h->ctx, msg);
+}
+
+/* Writes a checkpoint of the state after `steps` steps, whose next batch is
+ * (epoch, batch). Rank 0 writes; every rank learns the outcome. Collective. */
+static int save(trainer *t, int64_t steps, int64_t epoch, int64_t batch) {
+  const exp_experiment *e = t->e;
+  char path[EXP_PATH_MAX + 64];
+  int rc = 0;
+  if (t->c->rank == 0) {
+    ckpt_meta meta;
+    memset(&meta, 0, sizeof meta);
+    meta.step = steps;
+    meta.epoch = epoch;
+    meta.batch = batch;
+    meta.seed = e->seed;
+    meta.experiment = e->text;
+    meta.experiment_hash = e->text_hash;
+    meta.ndatasets = 2;
+    memcpy(meta.datasets, t->prov, sizeof t->prov);
+    meta.world_size = t->c->size;
+    rc = ckpt_path_for_step(path, sizeof path, e->out_dir, steps);
+    if (!rc) rc = ckpt_write(path, t->m, &t->opt, &meta, 0);
+    if (!rc) rc = ckpt_prune(e->out_dir, e->ckpt_keep);
+  }
+  int first = -1;
+  int agreed = dist_agree(t->c, rc, &first);
+  if (agreed) {
+    t->collective_fail = 1;
+    if (t->c->rank == 0) return rc;
+    FERRY_FAIL(agreed, "rank 0 could not write a checkpoint");
+  }
+  return 0;
+}
+
+/* checkpoint.resume: "latest" (newest valid file in the run directory) or a
+ * file. Rank 0 finds and reads it; every rank gets the bytes. Collective. */
+static int resume(trainer *t) {
+  const exp_experiment *e = t->e;
+  char path[EXP_PATH_MAX + 64] = "", skipped[2048] = "", msg[2400];
+  int rc = 0;
+  if (!strcmp(e->resume, "latest")) {
+    if (t->c->rank == 0) rc = ckpt_find_latest(e->out_dir, path, sizeof path, skipped, sizeof skipped);
+    int first = -1;
+    if (dist_agree(t->c, rc, &first)) return rc ? rc : FERRY_ERUNTIME;
+    CHECK_CALL(dist_bcast(t->c, path, sizeof path, 0));
+    if (skipped[0]) note(t, skipped);
+    if (!path[0]) {
+      snprintf(msg, sizeof msg, "resume: no checkpoint in %s yet: starting from step 0", e->out_dir);
+      note(t, msg);
+      return 0;
+    }
+  } else {
+    snprintf(path, sizeof path, "%s", e->resume);
+  }
+  ckpt_file *f = NULL;
+  CHECK_CALL(ckpt_open_bcast(&f, path, t->c));
+  rc = ckpt_load_model(f, t->m, &t->opt);
+  const ckpt_meta *meta = ckpt_meta_of(f);
+  if (!rc && meta->seed != e->seed)
+    rc = ferry_err_set(FERRY_EUSER, __FILE__, __LINE__, __func__,
+                       "%s was written with seed %llu, the experiment has seed %llu: resuming "
+                       "would not be the same run",
+                       path, (unsigned long long)meta->seed, (unsigned long long)e->seed);
+  if (!rc) {
+    t->start_step = meta->step;
+    t->start_epoch = meta->epoch;
+    t->start_batch = meta->batch;
+    snprintf(msg, sizeof msg, "resume: %s (step %lld, epoch %lld batch %lld, saved on %d rank%s%s)",
+             path, (long long)meta->step, (long long)meta->epoch, (long long)meta->batch,
+             meta->world_size, meta->world_size == 1 ? "" : "s",
+             meta->experiment_hash != e->text_hash ? "; the experiment file changed since" : "");
+    note(t, msg);
+  }
+  ckpt_close(&f);
+  return rc;
+}
+
 static int run(trainer *t, train_summary *out) {
   const exp_experiment *e = t->e;
   const dist_comm *c = t->c;
@@ -441,19 +533,37 @@ static int run(trainer *t, train_summary *out) {
     t->h->on_start(t->h->ctx, what);
   }
   double t0 = now_s(), train_s = 0, val_acc = NAN;
-  int64_t step = 0, samples = 0;
-  for (int epoch = 1; epoch <= epochs && step < total; epoch++) {
+  int64_t step = t->start_step, samples = 0;
+  int saving = e->ckpt_every_steps > 0 || e->ckpt_every_epoch;
+  int64_t last_saved = -1;
+  if (t->start_epoch < 1) t->start_epoch = 1;
+  for (int epoch = (int)t->start_epoch; epoch <= epochs && step < total; epoch++) {
     train_shards_epoch(&t->sh, nn_key(e->seed, KEY_ORDER), epoch);
     double te = now_s(), acc[3] = {0, 0, 0};
     int64_t ep_samples = 0;
     float lr = 0;
-    for (int64_t b = 0; b < per_epoch && step < total; b++, step++) {
+    int64_t b0 = epoch == t->start_epoch ? t->start_batch : 0;
+    for (int64_t b = b0; b < per_epoch && step < total; b++, step++) {
       lr = nn_sched_lr(&sched, e->opt.lr, step);
       double step_loss = 0;
       CHECK_CALL(train_step(t, b, epoch, step, lr, acc, &step_loss));
       ep_samples += e->batch;
       if (e->check_every > 0 && (step + 1) % e->check_every == 0)
         CHECK_CALL(check_consistency(t, step + 1));
+      int end_of_epoch = b + 1 == per_epoch;
+      if (t->stop_agreed || (e->ckpt_every_steps > 0 && (step + 1) % e->ckpt_every_steps == 0) ||
+          (e->ckpt_every_epoch && end_of_epoch)) {
+        CHECK_CALL(save(t, step + 1, end_of_epoch ? epoch + 1 : epoch, end_of_epoch ? 0 : b + 1));
+        last_saved = step + 1;
+      }
+      if (t->stop_agreed) {
+        t->collective_fail = 1;
+        FERRY_FAIL(FERRY_ESTOPPED,
+                   "stopped by a signal after step %lld; checkpoint written to %s; continue "
+                   "with: ferry train ... --resume",
+                   (long long)(step + 1), e->out_dir);
+      }
+      if (fault_here(t, "kill", step + 1)) raise(SIGKILL);
       if (c->rank == 0 && t->h) {
         if (t->h->on_log && e->log_every > 0 && ((step + 1) % e->log_every == 0 || step == 0))
           t->h->on_log(t->h->ctx, epoch, step + 1, step_loss, lr);
@@ -478,6 +588,10 @@ static int run(trainer *t, train_summary *out) {
     if (t->h && t->h->on_epoch && c->rank == 0) t->h->on_epoch(t->h->ctx, &s);
   }
   if (e->check_every > 0) CHECK_CALL(check_consistency(t, step));
+  /* The final state is always kept when checkpoints are on (transfer jobs
+   * start from it). The cursor points past the last step. */
+  if (saving && last_saved != step && step > t->start_step)
+    CHECK_CALL(save(t, step, step / per_epoch + 1, step % per_epoch));
   CHECK_CALL(evaluate(t, &t->d.test, &out->test_loss, &out->test_acc));
   out->val_acc = val_acc;
   out->train_s = train_s;
@@ -521,6 +635,10 @@ int train_run(const exp_experiment *e, const dist_comm *c, const train_hooks *h,
   int agreed = dist_agree(c, rc, &first);
   if (!agreed) {
     rc = setup_collective(&t);
+    agreed = dist_agree(c, rc, &first);
+  }
+  if (!agreed && e->resume[0]) {
+    rc = resume(&t);
     agreed = dist_agree(c, rc, &first);
   }
   if (agreed) {
