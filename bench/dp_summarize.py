@@ -3,7 +3,8 @@
 
   dp_summarize.py run RUN_DIR META_JSON -- CMD...   run one benchmark process
   dp_summarize.py quiet MAX_WAIT_S THRESHOLD_CORES  wait until the cores are idle
-  dp_summarize.py report RECORDS.jsonl CONFIG.json  -> the JSON report on stdout
+  dp_summarize.py roundnoise RECORDS.jsonl MODEL PAIR  -> max other_cpu_cores of a round
+  dp_summarize.py report RECORDS.jsonl CONFIG.json [ATTEMPTS.jsonl] -> the report
 
 `run` executes CMD (cwd unchanged) with stdout/stderr to RUN_DIR/{stdout,stderr}
 and prints one JSON record: META plus what the run measured (ferry:
@@ -210,7 +211,7 @@ def check(value, op, target):
     return value >= target if op == ">=" else value <= target
 
 
-def cmd_report(records_path, config_path):
+def cmd_report(records_path, config_path, attempts_path=None):
     with open(config_path) as f:
         config = json.load(f)
     recs = []
@@ -315,10 +316,21 @@ def cmd_report(records_path, config_path):
             "id", "model", "arm", "pair", "n", "steps", "train_samples_per_s", "train_s",
             "wall_s", "run_wall_s", "sync_wait_s", "rss_mb_per_rank", "max_proc_rss_mb",
             "param_hash", "test_acc", "loadavg_before", "other_cpu_cores", "steal_cores",
-            "quiet_wait_busy_cores") if k in r}
+            "attempt", "quiet_wait_busy_cores") if k in r}
         keep["cmd"] = " ".join(r["cmd"])
         runs.append(keep)
     noisy = sorted({r["id"] for r in recs if (r.get("other_cpu_cores") or 0) > thr})
+    superseded = []
+    if attempts_path:
+        kept = {(r["id"], r.get("attempt", 1)) for r in recs}
+        with open(attempts_path) as f:
+            for line in f:
+                if line.strip():
+                    a = json.loads(line)
+                    if (a["id"], a.get("attempt", 1)) not in kept:
+                        superseded.append({k: a.get(k) for k in (
+                            "id", "attempt", "train_samples_per_s", "sync_wait_s",
+                            "other_cpu_cores", "loadavg_before")})
     report = {
         "bench": "ferry-data-parallel",
         "config": config,
@@ -329,20 +341,36 @@ def cmd_report(records_path, config_path):
                   "note": "other_cpu_cores = CPU used by processes outside the run / run wall "
                           "time; on 2 cores, 0.5 means a quarter of the machine was taken"},
         "runs": runs,
+        "superseded_attempts": superseded,
     }
     print(json.dumps(report, indent=2))
 
 
+def cmd_roundnoise(records_path, model, pair):
+    """Largest other_cpu_cores among the runs of one round (model, pair)."""
+    worst = 0.0
+    with open(records_path) as f:
+        for line in f:
+            if line.strip():
+                r = json.loads(line)
+                if r["model"] == model and r["pair"] == int(pair) and not r["arm"].startswith("mem_"):
+                    worst = max(worst, r.get("other_cpu_cores") or 0.0)
+    print(f"{worst:.3f}")
+
+
 def main(argv):
-    if len(argv) >= 5 and argv[1] == "run" and argv[4] == "--":
+    if len(argv) == 5 and argv[1] == "roundnoise":
+        cmd_roundnoise(*argv[2:])
+    elif len(argv) >= 5 and argv[1] == "run" and argv[4] == "--":
         cmd_run(argv[2], argv[3], argv[5:])
     elif len(argv) == 4 and argv[1] == "quiet":
         cmd_quiet(argv[2], argv[3])
-    elif len(argv) == 4 and argv[1] == "report":
-        cmd_report(argv[2], argv[3])
+    elif len(argv) in (4, 5) and argv[1] == "report":
+        cmd_report(*argv[2:])
     else:
         fail("usage: dp_summarize.py run RUN_DIR META_JSON -- CMD... | "
-             "quiet MAX_WAIT_S THRESHOLD | report RECORDS.jsonl CONFIG.json")
+             "quiet MAX_WAIT_S THRESHOLD | roundnoise RECORDS.jsonl MODEL PAIR | "
+             "report RECORDS.jsonl CONFIG.json [ATTEMPTS.jsonl]")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ typedef struct {
 
 static const command commands[] = {
     {"train", cmd_train, cmd_train_help, "train a model on one dataset (data-parallel under mpirun)"},
+    {"ckpt", cmd_ckpt, cmd_ckpt_help, "inspect or verify a checkpoint file"},
 };
 #define NCOMMANDS ((int)(sizeof commands / sizeof commands[0]))
 

@@ -44,7 +44,10 @@ void nn_act_backward(nn_layer *L, const float *restrict x, const float *restrict
   const float *restrict y = L->y;
   switch (L->spec.op) {
   case NN_RELU:
-    for (size_t i = 0; i < n; i++) dx[i] = y[i] > 0.0f ? dy[i] : 0.0f;
+    for (size_t i = 0; i < n; i++) {
+      const float g = dy[i]; /* loaded unconditionally: a plain vector load, not a masked one */
+      dx[i] = y[i] > 0.0f ? g : 0.0f;
+    }
     break;
   case NN_GELU:
     for (size_t i = 0; i < n; i++) {
@@ -121,7 +124,7 @@ void nn_flatten_forward(nn_layer *L, const float *x, int B) {
   }
   for (int c = 0; c < C; c++)
     for (int b = 0; b < B; b++)
-      memcpy(L->y + (size_t)b * n + (size_t)c * hw, x + ((size_t)c * B + b) * hw, hw * sizeof *x);
+      nn_copy_floats(L->y + (size_t)b * n + (size_t)c * hw, x + ((size_t)c * B + b) * hw, hw);
 }
 
 void nn_flatten_backward(nn_layer *L, const float *dy, float *dx, int B) {
@@ -133,5 +136,5 @@ void nn_flatten_backward(nn_layer *L, const float *dy, float *dx, int B) {
   }
   for (int c = 0; c < C; c++)
     for (int b = 0; b < B; b++)
-      memcpy(dx + ((size_t)c * B + b) * hw, dy + (size_t)b * n + (size_t)c * hw, hw * sizeof *dx);
+      nn_copy_floats(dx + ((size_t)c * B + b) * hw, dy + (size_t)b * n + (size_t)c * hw, hw);
 }

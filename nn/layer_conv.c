@@ -285,16 +285,20 @@ static int use_direct(const nn_layer *L) {
   return L->spec.stride == 1 && L->spec.pad < L->spec.k && !is_pointwise(L);
 }
 
-/* c[j][0..DT_V) += sum over i < n of a[j][idx[i]] * v[i*ldv + 0..DT_V), for
- * j < DT_P (c rows ldc apart). Unrolled so that GCC keeps the 6x16 sums in
- * twelve vector registers (check the loop's assembly after changing this:
- * GCC spills them for small reasons); fmaf becomes one vector FMA per 8
- * lanes. */
+/* c[j][0..DT_V) = c0[j*ld0 + 0..DT_V) + sum over i < n of a[j][idx[i]] *
+ * v[i*ldv + 0..DT_V), for j < DT_P (c rows ldc apart): ld0 = 0 starts every
+ * row from the one row c0, c0 = c and ld0 = ldc accumulate. Unrolled so that
+ * GCC keeps the 6x16 sums in twelve vector registers (check the loop's
+ * assembly after changing this: GCC spills them for small reasons); fmaf
+ * becomes one vector FMA per 8 lanes. */
 static void fma_tile(int n, const int32_t *restrict idx, const float *const a[DT_P],
-                     const float *restrict v, size_t ldv, float *restrict c, size_t ldc) {
+                     const float *restrict v, size_t ldv, const float *c0, size_t ld0, float *c,
+                     size_t ldc) {
   float acc[DT_P][DT_V];
+#pragma GCC unroll 6
   for (int j = 0; j < DT_P; j++)
-    for (int l = 0; l < DT_V; l++) acc[j][l] = c[j * ldc + l];
+#pragma GCC unroll 16
+    for (int l = 0; l < DT_V; l++) acc[j][l] = c0[j * ld0 + l];
   for (int i = 0; i < n; i++) {
     const float *restrict vi = v + (size_t)i * ldv;
     const int32_t o = idx[i];
@@ -305,7 +309,9 @@ static void fma_tile(int n, const int32_t *restrict idx, const float *const a[DT
       for (int l = 0; l < DT_V; l++) acc[j][l] = fmaf(s, vi[l], acc[j][l]);
     }
   }
+#pragma GCC unroll 6
   for (int j = 0; j < DT_P; j++)
+#pragma GCC unroll 16
     for (int l = 0; l < DT_V; l++) c[j * ldc + l] = acc[j][l];
 }
 
@@ -313,7 +319,7 @@ static void fma_tile(int n, const int32_t *restrict idx, const float *const a[DT
  * stored in float-sized slots). */
 typedef struct {
   int Op, Cp;           /* O, C rounded up to DT_V */
-  int Kp, Kx;           /* K rounded up to DT_P; rows of the dx sum, O*k*k */
+  int Kp, Kx;           /* K+1 rounded up to DT_P; rows of the dx sum, O*k*k */
   int q, Hq, Wq;        /* dy padding k-1-pad and padded dy plane extent */
   size_t pin, pdy;      /* padded x plane and padded dy plane floats */
   size_t npo, npi;      /* output / input pixels rounded up to DT_P */
@@ -322,7 +328,7 @@ typedef struct {
 
 static direct_ws direct_layout(const conv_dims *d) {
   direct_ws w = {.Op = (int)up_to(d->O, DT_V), .Cp = (int)up_to(d->C, DT_V),
-                 .Kp = (int)up_to(d->K, DT_P), .Kx = d->O * d->k * d->k, .q = d->k - 1 - d->pad};
+                 .Kp = (int)up_to(d->K + 1, DT_P), .Kx = d->O * d->k * d->k, .q = d->k - 1 - d->pad};
   w.Hq = d->OH + 2 * w.q;
   w.Wq = d->OW + 2 * w.q;
   w.pin = plane_floats(d);
@@ -333,6 +339,7 @@ static direct_ws direct_layout(const conv_dims *d) {
   w.wpk = n, n += nn_al16(wp > wb ? wp : wb);
   w.dwt = n, n += nn_al16((size_t)w.Kp * w.Op);
   w.xin = n, n += nn_al16((size_t)d->C * w.pin);
+  n += nn_al16(w.pin); /* a plane of ones right after xin: the bias row of dW */
   w.dyp = n, n += nn_al16((size_t)d->O * w.pdy);
   w.dyt = n, n += nn_al16(d->ohw * w.Op);
   w.blk = n, n += nn_al16((size_t)DT_BLOCK * (w.Op > w.Cp ? w.Op : w.Cp));
@@ -347,7 +354,9 @@ static direct_ws direct_layout(const conv_dims *d) {
 
 static int32_t *ws_ints(const nn_layer *L, size_t off) { return (int32_t *)(L->aux + off); }
 
-/* off[r] = ci*pin + kh*Wp + kw over the K rows (ci,kh,kw), 0 up to Kp;
+/* off[r] = ci*pin + kh*Wp + kw over the K rows (ci,kh,kw), then the plane
+ * of ones after the x planes (row K of dW sums dy: the bias gradient), 0 up
+ * to Kp;
  * pix[p] = oy*Wp + ox over the output pixels, 0 up to npo. */
 static void fwd_tables(const conv_dims *d, const direct_ws *w, int32_t *off, int32_t *pix) {
   const int Wp = d->W + 2 * d->pad;
@@ -355,6 +364,7 @@ static void fwd_tables(const conv_dims *d, const direct_ws *w, int32_t *off, int
   for (int ci = 0; ci < d->C; ci++)
     for (int kh = 0; kh < d->k; kh++)
       for (int kw = 0; kw < d->k; kw++) off[r++] = (int32_t)(ci * w->pin + kh * Wp + kw);
+  off[r++] = (int32_t)nn_al16((size_t)d->C * w->pin);
   for (; r < w->Kp; r++) off[r] = 0;
   size_t p = 0;
   for (int oy = 0; oy < d->OH; oy++)
@@ -406,27 +416,20 @@ static void fill_interiors(float *restrict dst, size_t dplane, int Wd, int pad,
                            const float *restrict src, size_t sstride, int n, int H, int W) {
   for (int i = 0; i < n; i++)
     for (int y = 0; y < H; y++)
-      memcpy(dst + i * dplane + (size_t)(y + pad) * Wd + pad, src + i * sstride + (size_t)y * W,
-             (size_t)W * sizeof *dst);
+      nn_copy_floats(dst + i * dplane + (size_t)(y + pad) * Wd + pad, src + i * sstride + (size_t)y * W, W);
 }
 
 /* 8 floats as one vector value: GCC/clang vector extensions, which compile
- * on any target (AVX here, SSE pairs or scalars elsewhere). */
+ * on any target (AVX here, SSE pairs or scalars elsewhere). Values of this
+ * type never cross a function boundary (that would change the ABI between
+ * AVX and non-AVX builds), and memcpy does the unaligned loads and stores. */
 typedef float v8f __attribute__((vector_size(32)));
-
-static inline v8f ld8(const float *p) {
-  v8f v;
-  memcpy(&v, p, sizeof v);
-  return v;
-}
-
-static inline void st8(float *p, v8f v) { memcpy(p, &v, sizeof v); }
 
 /* Transposes the 8x8 block at s (rows ls apart) into d (rows ld apart), or
  * adds its transpose: unpack, 2-float shuffle, then 4-float halves. */
 static void transpose8(float *restrict d, size_t ld, const float *restrict s, size_t ls, int acc) {
   v8f r[8], t[8], u[8], o[8];
-  for (int i = 0; i < 8; i++) r[i] = ld8(s + i * ls);
+  for (int i = 0; i < 8; i++) memcpy(&r[i], s + i * ls, sizeof r[i]);
   for (int i = 0; i < 8; i += 2) {
     t[i] = __builtin_shufflevector(r[i], r[i + 1], 0, 8, 1, 9, 4, 12, 5, 13);
     t[i + 1] = __builtin_shufflevector(r[i], r[i + 1], 2, 10, 3, 11, 6, 14, 7, 15);
@@ -442,7 +445,13 @@ static void transpose8(float *restrict d, size_t ld, const float *restrict s, si
     o[col[i]] = __builtin_shufflevector(u[i], u[i + 4], 0, 1, 2, 3, 8, 9, 10, 11);
     o[col[i] + 4] = __builtin_shufflevector(u[i], u[i + 4], 4, 5, 6, 7, 12, 13, 14, 15);
   }
-  for (int i = 0; i < 8; i++) st8(d + i * ld, acc ? ld8(d + i * ld) + o[i] : o[i]);
+  for (int i = 0; i < 8; i++) {
+    if (acc) {
+      memcpy(&t[i], d + i * ld, sizeof t[i]);
+      o[i] += t[i];
+    }
+    memcpy(d + i * ld, &o[i], sizeof o[i]);
+  }
 }
 
 /* d[c][r] (= or +=) s[r][c] for r < nr, c < nc; s rows ls apart, d rows ld
@@ -470,11 +479,9 @@ static void block_tiles(const float *planes, const int32_t *pix, int np, int nro
   for (int t = 0; t < np; t += DT_P) {
     const float *a[DT_P];
     for (int j = 0; j < DT_P; j++) a[j] = planes + pix[t + j];
-    float *restrict c = blk + (size_t)t * ld;
-    for (int j = 0; j < DT_P; j++)
-      for (int l = 0; l < ld; l++) c[(size_t)j * ld + l] = init[l];
     for (int h = 0; h < groups; h++)
-      fma_tile(nrows, off, a, wpk + (size_t)h * nrows * DT_V, DT_V, c + h * DT_V, (size_t)ld);
+      fma_tile(nrows, off, a, wpk + (size_t)h * nrows * DT_V, DT_V, init + h * DT_V, 0,
+               blk + (size_t)t * ld + h * DT_V, (size_t)ld);
   }
 }
 
@@ -512,8 +519,11 @@ static void direct_dw_sample(nn_layer *L, const conv_dims *d, const direct_ws *w
   for (int r = 0; r < w->Kp; r += DT_P) {
     const float *a[DT_P];
     for (int j = 0; j < DT_P; j++) a[j] = xin + off[r + j];
-    for (int h = 0; h < w->Op / DT_V; h++)
-      fma_tile((int)d->ohw, pix, a, dyt + h * DT_V, (size_t)w->Op, dwt + (size_t)r * w->Op + h * DT_V, (size_t)w->Op);
+    for (int h = 0; h < w->Op / DT_V; h++) {
+      float *c = dwt + (size_t)r * w->Op + h * DT_V;
+      fma_tile((int)d->ohw, pix, a, dyt + h * DT_V, (size_t)w->Op, c, (size_t)w->Op, c,
+               (size_t)w->Op);
+    }
   }
 }
 
@@ -537,7 +547,9 @@ static void direct_backward(nn_layer *L, const conv_dims *d, const float *x, con
   if (train) {
     fwd_tables(d, &w, ws_ints(L, w.offf), ws_ints(L, w.pixf));
     memset(L->aux + w.dwt, 0, (size_t)w.Kp * w.Op * sizeof *L->aux);
+    float *ones = L->aux + w.xin + nn_al16((size_t)d->C * w.pin);
     memset(L->aux + w.xin, 0, (size_t)d->C * w.pin * sizeof *L->aux);
+    for (size_t i = 0; i < w.pin; i++) ones[i] = 1.0f;
     memset(L->aux + w.dyt, 0, d->ohw * w.Op * sizeof *L->aux);
   }
   if (dx) {
@@ -554,6 +566,7 @@ static void direct_backward(nn_layer *L, const conv_dims *d, const float *x, con
   const float *dwt = L->aux + w.dwt;
   for (int o = 0; o < d->O; o++)
     for (int r = 0; r < d->K; r++) L->dW[(size_t)o * d->K + r] += dwt[(size_t)r * w.Op + o];
+  for (int o = 0; L->db && o < d->O; o++) L->db[o] += dwt[(size_t)d->K * w.Op + o];
 }
 
 void nn_conv_forward(nn_layer *L, const float *x, int B) {
@@ -599,7 +612,6 @@ void nn_conv_backward(nn_layer *L, const float *x, const float *dy, float *dx, i
   }
   if (use_direct(L)) {
     direct_backward(L, &d, x, dy, dx, B, acc_dx, train);
-    if (train && L->db) add_bias_grad(L->db, dy, d.O, N, 0, N);
     return;
   }
   const int nb = chunk_samples(&d, B);
