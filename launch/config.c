@@ -1579,6 +1579,154 @@ static const cfg_key k_train[] = {
      .doc = "write the global loss to steps.jsonl every K steps (0 = off)"},
     {.name = NULL}};
 
+/* ---- transfer stage ------------------------------------------------------ */
+
+static const cfg_key k_target[] = {
+    {.name = "name", .kind = K_STR, KF(exp_target, name), .flags = F_REQ | F_NONEMPTY | F_IDENT,
+     .doc = "target domain name (job ids and reports use it)"},
+    {.name = "data", .kind = K_SECT, .off = offsetof(exp_target, data), .flags = F_REQ,
+     .sub = k_data, .type = "mapping", .doc = "the target data, like the top-level data section"},
+    {.name = NULL}};
+
+static int conv_targets(cfg_ctx *c, const cfg_node *n, const char *path, const cfg_key *k,
+                        void *base) {
+  (void)k;
+  char fb[64], sub[CFG_PATH];
+  exp_transfer *x = base;
+  if (n->kind != N_SEQ || n->n == 0)
+    FAIL(n, path, "expected a non-empty list of targets, like [{name: t, data: {...}}], found %s",
+         found(n, fb, sizeof fb));
+  if (n->n > EXP_MAX_TARGETS)
+    FAIL(n->val[EXP_MAX_TARGETS], path, "at most %d targets, found %d", EXP_MAX_TARGETS, n->n);
+  for (int i = 0; i < n->n; i++) {
+    path_idx(sub, path, i);
+    exp_target *t = &x->targets[i];
+    memset(t, 0, sizeof *t);
+    t->data.val_frac = 0;
+    CHECK_CALL(conv_map(c, n->val[i], sub, k_target, t));
+    for (int j = 0; j < i; j++)
+      if (!strcmp(x->targets[j].name, t->name))
+        FAIL(n->val[i], sub, "duplicate target name \"%s\" (also %s[%d])", t->name, path, j);
+  }
+  x->ntargets = n->n;
+  return 0;
+}
+
+static int conv_strategies(cfg_ctx *c, const cfg_node *n, const char *path, const cfg_key *k,
+                           void *base) {
+  (void)c, (void)k;
+  char fb[64], sub[CFG_PATH];
+  exp_transfer *x = base;
+  if (n->kind != N_SEQ || n->n == 0 || n->n > EXP_MAX_GRID)
+    FAIL(n, path, "expected a list of 1 to %d strategies (scratch, feature-extract, finetune), "
+         "found %s", EXP_MAX_GRID, found(n, fb, sizeof fb));
+  for (int i = 0; i < n->n; i++) {
+    int v;
+    path_idx(sub, path, i);
+    CHECK_CALL(conv_choice(n->val[i], sub, "strategy", exp_strategy_names + 1,
+                           EXP_STRAT_COUNT - 1, &v));
+    x->strategies[i] = v + 1;
+  }
+  x->nstrategies = n->n;
+  return 0;
+}
+
+/* A list of integers (or one integer) in [lo, hi] into out[0..*count). */
+static int conv_int_list(const cfg_node *n, const char *path, int64_t lo, int64_t hi,
+                         int64_t *out, int *count) {
+  char fb[64], sub[CFG_PATH];
+  cfg_range r = {.lo = (double)lo, .hi = (double)hi, .lo_set = 1, .hi_set = 1};
+  if (n->kind == N_SCALAR) {
+    *count = 1;
+    return conv_i64(n, path, &r, lo, hi, &out[0]);
+  }
+  if (n->kind != N_SEQ || n->n == 0 || n->n > EXP_MAX_GRID)
+    FAIL(n, path, "expected an integer or a list of 1 to %d integers, found %s", EXP_MAX_GRID,
+         found(n, fb, sizeof fb));
+  for (int i = 0; i < n->n; i++) {
+    path_idx(sub, path, i);
+    CHECK_CALL(conv_i64(n->val[i], sub, &r, lo, hi, &out[i]));
+  }
+  *count = n->n;
+  return 0;
+}
+
+static int conv_kgrid(cfg_ctx *c, const cfg_node *n, const char *path, const cfg_key *k,
+                      void *base) {
+  (void)c, (void)k;
+  exp_transfer *x = base;
+  int64_t v[EXP_MAX_GRID];
+  CHECK_CALL(conv_int_list(n, path, 0, 1000000, v, &x->nk));
+  for (int i = 0; i < x->nk; i++) x->k[i] = (int)v[i];
+  return 0;
+}
+
+static int conv_seeds(cfg_ctx *c, const cfg_node *n, const char *path, const cfg_key *k,
+                      void *base) {
+  (void)c, (void)k;
+  exp_transfer *x = base;
+  return conv_int_list(n, path, 0, INT64_MAX, x->seeds, &x->nseeds);
+}
+
+static int conv_thead(cfg_ctx *c, const cfg_node *n, const char *path, const cfg_key *k,
+                      void *base) {
+  (void)k;
+  exp_transfer *x = base;
+  memset(&x->head, 0, sizeof x->head);
+  snprintf(x->head.name, sizeof x->head.name, "main");
+  return conv_stack(c, n, path, &x->head, "main");
+}
+
+static const cfg_key k_finetune[] = {
+    {.name = "trunk_lr_mult", .kind = K_F32, KF(exp_job, trunk_lr_mult), .r = R_GE(0),
+     .doc = "learning-rate multiplier of the trunk (the head keeps 1)"},
+    {.name = "unfreeze_last", .kind = K_INT, KF(exp_job, unfreeze_last), .r = R_GE(0),
+     .doc = "train only the last k trunk blocks (layers with parameters); 0 = all"},
+    {.name = "gradual_every", .kind = K_INT, KF(exp_job, gradual_every), .r = R_GE(0),
+     .doc = "gradual unfreezing: head first, one more trunk block every N steps (0 = off)"},
+    {.name = "l2sp", .kind = K_F32, KF(exp_job, l2sp), .r = R_GE(0),
+     .doc = "L2-SP: add (alpha/2)*||w - w_pretrained||^2 over the trunk (0 = off)"},
+    {.name = "eval_every", .kind = K_INT, KF(exp_job, eval_every), .r = R_GE(0),
+     .doc = "evaluate on the target's validation split every N steps (0 = every epoch)"},
+    {.name = "patience", .kind = K_INT, KF(exp_job, patience), .r = R_GE(0),
+     .doc = "early stopping: stop after N evaluations without a better validation accuracy "
+            "and keep the best parameters (0 = off; needs data.val_frac > 0)"},
+    {.name = NULL}};
+
+static const cfg_key k_transfer[] = {
+    {.name = "targets", .kind = K_FUNC, .fn = conv_targets, .flags = F_REQ, .sub = k_target,
+     .type = "list of {name, data}", .doc = "target domains"},
+    {.name = "strategies", .kind = K_FUNC, .fn = conv_strategies,
+     .type = "list of scratch | feature-extract | finetune", .def = "[scratch, feature-extract, finetune]",
+     .doc = "strategies to compare (scratch is the baseline)"},
+    {.name = "k", .kind = K_FUNC, .fn = conv_kgrid, .type = "int or list of ints", .def = "0",
+     .doc = "labelled training samples per class, drawn per seed (0 = all)"},
+    {.name = "seeds", .kind = K_FUNC, .fn = conv_seeds, .type = "int or list of ints", .def = "0",
+     .doc = "seeds: each draws its own K-shot sample, head init and order"},
+    {.name = "head", .kind = K_FUNC, .fn = conv_thead, .type = "list of layers",
+     .def = "[{dense: classes}]", .doc = "the new head put on the pre-trained trunk"},
+    {.name = "steps", .kind = K_I64, KF(exp_transfer, steps), .r = R_GE(1),
+     .doc = "optimizer steps per job"},
+    {.name = "batch", .kind = K_INT, KF(exp_transfer, batch), .r = R_GE(1),
+     .doc = "global batch of a job"},
+    {.name = "shards", .kind = K_INT, KF(exp_transfer, shards), .r = R_CC(1, 4096),
+     .doc = "logical data shards of a job (see train.shards; small target sets want few)"},
+    {.name = "optimizer", .kind = K_SECT, .off = offsetof(exp_transfer, opt), .flags = F_BARE,
+     .sub = k_opt, .fn = check_opt, .type = "mapping or name", .doc = "optimizer of the jobs"},
+    {.name = "schedule", .kind = K_SECT, .off = offsetof(exp_transfer, sched), .flags = F_BARE,
+     .sub = k_sched, .type = "mapping or name", .doc = "learning-rate schedule of the jobs"},
+    {.name = "finetune", .kind = K_SECT, .off = offsetof(exp_transfer, finetune), .sub = k_finetune,
+     .type = "mapping", .doc = "options of the finetune strategy"},
+    {.name = NULL}};
+
+/* Runs only when the section is present: the transfer stage is on. */
+static int check_transfer(cfg_ctx *c, const cfg_node *n, const char *path, const cfg_key *k,
+                          void *base) {
+  (void)c, (void)n, (void)path, (void)k;
+  ((exp_transfer *)base)->enabled = 1;
+  return 0;
+}
+
 static const cfg_key k_ckpt[] = {
     {.name = "every_steps", .kind = K_INT, KF(exp_experiment, ckpt_every_steps), .r = R_GE(0),
      .doc = "write a checkpoint every K optimizer steps (0 = off)"},
@@ -1605,6 +1753,9 @@ static const cfg_key k_top[] = {
      .doc = "training loop settings"},
     {.name = "checkpoint", .kind = K_SECT, .sub = k_ckpt, .type = "mapping",
      .doc = "when to write checkpoints, how many to keep, whether to resume"},
+    {.name = "transfer", .kind = K_SECT, .off = offsetof(exp_experiment, transfer),
+     .sub = k_transfer, .fn = check_transfer, .type = "mapping",
+     .doc = "transfer jobs run after training, from its final checkpoint"},
     {.name = NULL}};
 
 /* ------------------------------------------------------------------------ */

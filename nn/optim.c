@@ -235,3 +235,21 @@ double nn_clip_grad_norm(nn_model *m, double max_norm) {
   }
   return norm;
 }
+
+double nn_l2sp_apply(nn_model *m, const float *anchor, const char *prefix, float alpha) {
+  size_t n = strlen(prefix);
+  double pen = 0;
+  for (int g = 0; g < m->ngroups; g++) {
+    const nn_param_group *G = &m->groups[g];
+    if (G->frozen || strncmp(G->name, prefix, n) != 0 || (G->name[n] != '.' && G->name[n] != 0))
+      continue;
+    float *w = m->params + G->off, *d = m->grads + G->off;
+    const float *a = anchor + G->off;
+    for (size_t i = 0; i < G->len; i++) {
+      float diff = w[i] - a[i];
+      d[i] += alpha * diff;
+      pen += (double)diff * diff;
+    }
+  }
+  return 0.5 * alpha * pen;
+}

@@ -55,4 +55,10 @@ double nn_grad_norm(const nn_model *m);
  * returns the norm before clipping. max_norm <= 0: no clipping. */
 double nn_clip_grad_norm(nn_model *m, double max_norm);
 
+/* L2-SP (Li et al., 2018): adds alpha * (w - anchor) to the gradients of the
+ * unfrozen groups whose name starts with prefix (e.g. "trunk") and returns the
+ * penalty (alpha/2) * sum (w - anchor)^2 over them. anchor is a copy of the
+ * whole parameter slab (the pre-trained weights). Not collective. */
+double nn_l2sp_apply(nn_model *m, const float *anchor, const char *prefix, float alpha);
+
 #endif

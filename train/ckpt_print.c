@@ -11,6 +11,17 @@
 #include "nn/err.h"
 #include "train/ckpt_impl.h"
 
+/* Length of the valid UTF-8 sequence at p (1-4), or 0 if it is not one. */
+static int utf8_len(const unsigned char *p) {
+  int n = p[0] >= 0xf0 && p[0] <= 0xf4 ? 4 : p[0] >= 0xe0 ? 3 : p[0] >= 0xc2 && p[0] < 0xe0 ? 2 : 0;
+  if (p[0] >= 0xf5) n = 0;
+  for (int i = 1; i < n; i++)
+    if ((p[i] & 0xc0) != 0x80) return 0;
+  return n;
+}
+
+/* A JSON string; bytes that are not UTF-8 (the experiment text is stored
+ * as given) become U+FFFD so the document stays valid. */
 static void json_str(FILE *out, const char *s) {
   fputc('"', out);
   for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
@@ -21,8 +32,19 @@ static void json_str(FILE *out, const char *s) {
     case '\r': fputs("\\r", out); break;
     case '\t': fputs("\\t", out); break;
     default:
-      if (*p < 0x20) fprintf(out, "\\u%04x", *p);
-      else fputc(*p, out);
+      if (*p < 0x20) {
+        fprintf(out, "\\u%04x", *p);
+      } else if (*p < 0x80) {
+        fputc(*p, out);
+      } else {
+        int n = utf8_len(p);
+        if (n == 0) {
+          fputs("\\ufffd", out);
+        } else {
+          fwrite(p, 1, (size_t)n, out);
+          p += n - 1;
+        }
+      }
     }
   }
   fputc('"', out);

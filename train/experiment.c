@@ -3,6 +3,9 @@
 
 #include <string.h>
 
+const char *const exp_strategy_names[EXP_STRAT_COUNT] = {"none", "scratch", "feature-extract",
+                                                         "finetune"};
+
 void exp_defaults(exp_experiment *e) {
   memset(e, 0, sizeof *e);
   strcpy(e->name, "experiment");
@@ -28,5 +31,20 @@ void exp_defaults(exp_experiment *e) {
   e->log_every = 10;
   e->ckpt_every_epoch = 1;
   e->ckpt_keep = 3;
+  exp_transfer *x = &e->transfer;
+  x->nstrategies = 3;
+  x->strategies[0] = EXP_STRAT_SCRATCH;
+  x->strategies[1] = EXP_STRAT_FEATURE;
+  x->strategies[2] = EXP_STRAT_FINETUNE;
+  x->nk = 1;
+  x->nseeds = 1;
+  x->steps = 1000;
+  x->batch = 32;
+  x->opt = e->opt;
+  x->opt.lr = 0.01f;
+  x->sched.kind = NN_SCHED_CONSTANT;
+  x->sched.gamma = 0.1f;
+  x->shards = 4;
+  x->finetune.trunk_lr_mult = 1.0f;
   strcpy(e->out_dir, "runs/experiment");
 }

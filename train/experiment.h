@@ -42,6 +42,61 @@ typedef struct {
   nn_transform aug[EXP_MAX_TF];
 } exp_data;
 
+/* Transfer strategies of a job. */
+typedef enum {
+  EXP_STRAT_NONE,           /* plain training (the pre-training stage) */
+  EXP_STRAT_SCRATCH,        /* same architecture, random init: the baseline */
+  EXP_STRAT_FEATURE,        /* trunk frozen (features cached), new head trained */
+  EXP_STRAT_FINETUNE,       /* trunk loaded and trained too, new head */
+  EXP_STRAT_COUNT
+} exp_strategy;
+extern const char *const exp_strategy_names[EXP_STRAT_COUNT];
+
+/* How one training run starts and what it may change (set by train/transfer.c
+ * for transfer jobs; all zero for a plain run). */
+typedef struct {
+  exp_strategy strategy;
+  char init_ckpt[EXP_PATH_MAX]; /* load the trunk of this checkpoint ("" = fresh) */
+  float trunk_lr_mult;       /* finetune: trunk learning-rate multiplier (0 = 1) */
+  int unfreeze_last;         /* finetune: train only the last k trunk blocks (0 = all) */
+  int gradual_every;         /* finetune: unfreeze one more block every N steps, from the
+                                head down (0 = off) */
+  float l2sp;                /* finetune: alpha of (alpha/2)||w - w_pretrained||^2 on the trunk */
+  int eval_every;            /* evaluate on validation every N steps (0 = per epoch) */
+  int patience;              /* early stopping: evaluations without improvement (0 = off);
+                                the best parameters are restored at the end */
+  int ckpt_final;            /* write one checkpoint at the end only */
+} exp_job;
+
+#define EXP_MAX_TARGETS 8
+#define EXP_MAX_GRID 16
+
+typedef struct {
+  char name[64];
+  exp_data data;
+} exp_target;
+
+/* The transfer stage: every target x strategy x K x seed is one job trained
+ * from the pre-training stage's final checkpoint. */
+typedef struct {
+  int enabled;               /* the experiment has a transfer section */
+  int ntargets;
+  exp_target targets[EXP_MAX_TARGETS];
+  int nstrategies;
+  int strategies[EXP_MAX_GRID];
+  int nk;
+  int k[EXP_MAX_GRID];       /* labelled samples per class; 0 = all */
+  int nseeds;
+  int64_t seeds[EXP_MAX_GRID];
+  nn_stack_spec head;        /* the new head; no layers = dense(number of classes) */
+  int64_t steps;             /* optimizer steps per job */
+  int batch;
+  nn_opt_cfg opt;
+  nn_sched_cfg sched;
+  int shards;                /* logical shards of a job's data (small data: few) */
+  exp_job finetune;          /* finetune options (strategy and init set per job) */
+} exp_transfer;
+
 typedef struct {
   char name[128];
   char text_path[EXP_PATH_MAX]; /* the experiment file, for provenance */
@@ -79,6 +134,8 @@ typedef struct {
   int ckpt_keep;             /* keep the newest K checkpoints */
   char resume[EXP_PATH_MAX]; /* "" = fresh start, "latest" = newest valid in
                                 out_dir, else a checkpoint file */
+  exp_job job;               /* how this run starts (transfer jobs) */
+  exp_transfer transfer;
   /* Fault injection for tests (launch fills it from FERRY_FAULT): "R:KIND"
    * or "R:KIND@STEP" with KIND data | alloc | nan | diverge. Empty = off. */
   char fault[64];

@@ -65,6 +65,17 @@ typedef struct {
   int collective_fail; /* the last error is known to every rank at once */
   int64_t start_step, start_epoch, start_batch; /* cursor after a resume */
   int stop_agreed;      /* some rank got a stop signal this step */
+  /* transfer jobs */
+  float *anchor;        /* L2-SP: pre-trained parameters */
+  float *feats;         /* feature-extract: cached trunk features of d.train rows */
+  float *featbuf;       /* [local_max][D] gathered batch of cached features */
+  int frozen_blocks;    /* gradual unfreezing: trunk blocks still frozen */
+  int nblocks;          /* trunk layers with parameters */
+  float *best;          /* early stopping: best parameters so far */
+  double best_acc;
+  int evals_since_best;
+  double uncached_step_s, cached_step_s; /* feature cache speed-up */
+  int64_t cached_steps;
   ckpt_dataset prov[2]; /* provenance: training and test data digests */
 } trainer;
 
@@ -242,27 +253,111 @@ static int setup(trainer *t) {
   return 0;
 }
 
+static void note(const trainer *t, const char *msg);
+
+/* (Re)builds the bucketed synchroniser over the unfrozen groups. Collective. */
+static int build_sync(trainer *t) {
+  dist_grad_sync_free(&t->sync);
+  if (t->c->size == 1 || t->e->deterministic) return 0;
+  dist_range *r = calloc((size_t)(t->m->ngroups ? t->m->ngroups : 1), sizeof *r);
+  CHECK_ALLOC(r, sizeof *r);
+  int n = 0;
+  for (int g = 0; g < t->m->ngroups; g++)
+    if (!t->m->groups[g].frozen) r[n++] = (dist_range){t->m->groups[g].off, t->m->groups[g].len};
+  int rc = dist_grad_sync_new(&t->sync, t->c, t->m->grads, r, n, (size_t)t->e->bucket_kb * 1024);
+  free(r);
+  CHECK_CALL(rc);
+  if (t->e->bench_no_sync) dist_grad_sync_set_enabled(t->sync, 0);
+  return 0;
+}
+
+/* Freezes the first `frozen` trunk blocks (trunk groups in order), thaws the rest. */
+static void freeze_trunk_blocks(trainer *t, int frozen) {
+  int b = 0;
+  for (int g = 0; g < t->m->ngroups; g++) {
+    if (t->m->groups[g].stack >= 0) continue;
+    nn_model_set_frozen(t->m, t->m->groups[g].name, b < frozen);
+    b++;
+  }
+  t->frozen_blocks = frozen;
+}
+
+/* Trunk features of every local training row, computed once (eval mode). */
+static int cache_features(trainer *t) {
+  const nn_dataset *ds = &t->d.train;
+  size_t D = (size_t)t->m->feat.c;
+  t->feats = malloc((size_t)(ds->n ? ds->n : 1) * D * sizeof(float));
+  t->featbuf = malloc((size_t)t->local_max * D * sizeof(float));
+  CHECK_ALLOC(t->feats && t->featbuf ? t : NULL, (size_t)ds->n * D * sizeof(float));
+  nn_pass p = {.training = 0};
+  for (int64_t s = 0; s < ds->n; s += t->local_max) {
+    int B = (int)((ds->n - s) < t->local_max ? (ds->n - s) : t->local_max);
+    for (int i = 0; i < B; i++) t->idx[i] = s + i;
+    nn_data_batch(ds, t->idx, B, t->e->data.tf, t->e->data.ntf, 0, t->x, t->y, t->scratch);
+    p.B = B;
+    const float *f = nn_model_forward_trunk(t->m, t->x, &p);
+    memcpy(t->feats + (size_t)s * D, f, (size_t)B * D * sizeof(float));
+  }
+  return 0;
+}
+
+/* How a transfer job starts: the pre-trained trunk, what trains, at which
+ * rate. Collective (the checkpoint is read by rank 0 and broadcast). */
+static int setup_job(trainer *t) {
+  const exp_job *j = &t->e->job;
+  if (j->init_ckpt[0]) {
+    ckpt_file *f = NULL;
+    CHECK_CALL(ckpt_open_bcast(&f, j->init_ckpt, t->c));
+    ckpt_trunk_report rep;
+    char text[4096];
+    int rc = ckpt_load_trunk(f, t->m, &rep, text, sizeof text);
+    ckpt_close(&f);
+    CHECK_CALL(rc);
+    CHECK_USER(rep.matched > 0, "%s: no trunk layer matched the model's trunk:\n%s", j->init_ckpt,
+               text);
+    char msg[4400];
+    snprintf(msg, sizeof msg, "trunk from %s: %d matched, %d skipped, %d new", j->init_ckpt,
+             rep.matched, rep.skipped, rep.fresh);
+    note(t, msg);
+  }
+  for (int g = 0; g < t->m->ngroups; g++) t->nblocks += t->m->groups[g].stack < 0;
+  if (j->strategy == EXP_STRAT_FEATURE) {
+    nn_model_set_frozen(t->m, "trunk", 1);
+    CHECK_CALL(cache_features(t));
+  } else if (j->strategy == EXP_STRAT_FINETUNE) {
+    if (j->trunk_lr_mult > 0) nn_model_set_lr_mult(t->m, "trunk", j->trunk_lr_mult);
+    if (j->unfreeze_last > 0 && j->unfreeze_last < t->nblocks)
+      freeze_trunk_blocks(t, t->nblocks - j->unfreeze_last);
+    if (j->gradual_every > 0) freeze_trunk_blocks(t, t->nblocks);
+    if (j->l2sp > 0) {
+      t->anchor = malloc(t->m->nparams * sizeof(float));
+      CHECK_ALLOC(t->anchor, t->m->nparams * sizeof(float));
+      memcpy(t->anchor, t->m->params, t->m->nparams * sizeof(float));
+    }
+  }
+  if (j->patience > 0) {
+    t->best = malloc(t->m->nparams * sizeof(float));
+    CHECK_ALLOC(t->best, t->m->nparams * sizeof(float));
+    t->best_acc = -1;
+  }
+  return 0;
+}
+
 /* Collective part of set-up: same initial parameters everywhere, and the
  * bucketed synchroniser over the trainable ranges. */
 static int setup_collective(trainer *t) {
   CHECK_CALL(dist_bcast(t->c, t->m->params, t->m->nparams * sizeof(float), 0));
-  if (t->c->size > 1 && !t->e->deterministic) {
-    dist_range *r = calloc((size_t)(t->m->ngroups ? t->m->ngroups : 1), sizeof *r);
-    CHECK_ALLOC(r, sizeof *r);
-    int n = 0;
-    for (int g = 0; g < t->m->ngroups; g++)
-      if (!t->m->groups[g].frozen) r[n++] = (dist_range){t->m->groups[g].off, t->m->groups[g].len};
-    int rc = dist_grad_sync_new(&t->sync, t->c, t->m->grads, r, n,
-                                (size_t)t->e->bucket_kb * 1024);
-    free(r);
-    CHECK_CALL(rc);
-    if (t->e->bench_no_sync) dist_grad_sync_set_enabled(t->sync, 0);
-  }
+  CHECK_CALL(setup_job(t));
+  CHECK_CALL(build_sync(t));
   return 0;
 }
 
 static void teardown(trainer *t) {
   dist_grad_sync_free(&t->sync);
+  free(t->anchor);
+  free(t->feats);
+  free(t->featbuf);
+  free(t->best);
   if (t->leaf_buf)
     for (int k = 1; k < t->nleaf; k++) free(t->leaf_buf[k]);
   free(t->leaf_buf);
@@ -326,13 +421,27 @@ static int pass(trainer *t, int m0, int m1, int64_t b, int epoch, int64_t step, 
       B++;
     }
   }
-  uint64_t aug_key = nn_hash64(nn_key(e->seed, KEY_AUG), (uint64_t)epoch);
-  nn_data_batch(ds, t->idx, B, t->tf_train, t->ntf_train, aug_key, t->x, t->y, t->scratch);
   nn_pass p = {.B = B, .training = 1,
                .key = nn_hash64(nn_key(e->seed, KEY_DROP), (uint64_t)step), .ids = t->ids};
-  const float *logits = nn_model_forward(t->m, 0, t->x, &p);
+  const float *logits;
+  if (t->feats) {
+    /* Frozen trunk: the head trains on features computed once. */
+    size_t D = (size_t)t->m->feat.c;
+    for (int i = 0; i < B; i++) {
+      memcpy(t->featbuf + (size_t)i * D, t->feats + (size_t)t->idx[i] * D, D * sizeof(float));
+      t->y[i] = ds->labels[t->idx[i]];
+    }
+    logits = nn_model_forward_head(t->m, 0, t->featbuf, &p);
+  } else {
+    uint64_t aug_key = nn_hash64(nn_key(e->seed, KEY_AUG), (uint64_t)epoch);
+    nn_data_batch(ds, t->idx, B, t->tf_train, t->ntf_train, aug_key, t->x, t->y, t->scratch);
+    logits = nn_model_forward(t->m, 0, t->x, &p);
+  }
   double loss = nn_loss_xent(logits, t->y, NULL, B, t->K, e->label_smoothing, -1, norm, t->dlogits);
-  nn_model_backward(t->m, 0, t->dlogits, &p, cb, ctx);
+  if (t->feats)
+    nn_model_backward_head(t->m, 0, t->featbuf, t->dlogits, &p, cb, ctx);
+  else
+    nn_model_backward(t->m, 0, t->dlogits, &p, cb, ctx);
   *loss_sum += loss * norm;
   nn_argmax(logits, B, t->K, t->pred);
   for (int i = 0; i < B; i++) *correct += t->y[i] >= 0 && t->pred[i] == t->y[i];
@@ -410,6 +519,7 @@ static int train_step(trainer *t, int64_t b, int epoch, int64_t step, float lr, 
                "rate or clip gradients (train.clip_norm)",
                (long long)step, epoch);
   }
+  if (t->anchor) nn_l2sp_apply(t->m, t->anchor, "trunk", e->job.l2sp);
   if (e->clip_norm > 0) nn_clip_grad_norm(t->m, e->clip_norm);
   nn_optim_step(&t->opt, t->m, lr);
   acc[0] += st[0];
@@ -534,22 +644,36 @@ static int run(trainer *t, train_summary *out) {
   }
   double t0 = now_s(), train_s = 0, val_acc = NAN;
   int64_t step = t->start_step, samples = 0;
-  int saving = e->ckpt_every_steps > 0 || e->ckpt_every_epoch;
+  int saving = e->ckpt_every_steps > 0 || e->ckpt_every_epoch || e->job.ckpt_final;
   int64_t last_saved = -1;
+  int stop_early = 0;
+  const exp_job *j = &e->job;
   if (t->start_epoch < 1) t->start_epoch = 1;
-  for (int epoch = (int)t->start_epoch; epoch <= epochs && step < total; epoch++) {
+  /* Statistics of the window since the last report (an epoch, or eval_every steps). */
+  double acc[3] = {0, 0, 0}, win_s = 0;
+  int64_t win_samples = 0;
+  for (int epoch = (int)t->start_epoch; epoch <= epochs && step < total && !stop_early; epoch++) {
     train_shards_epoch(&t->sh, nn_key(e->seed, KEY_ORDER), epoch);
-    double te = now_s(), acc[3] = {0, 0, 0};
-    int64_t ep_samples = 0;
     float lr = 0;
     int64_t b0 = epoch == t->start_epoch ? t->start_batch : 0;
     for (int64_t b = b0; b < per_epoch && step < total; b++, step++) {
+      double ts = now_s();
       lr = nn_sched_lr(&sched, e->opt.lr, step);
       double step_loss = 0;
       CHECK_CALL(train_step(t, b, epoch, step, lr, acc, &step_loss));
-      ep_samples += e->batch;
+      double dt = now_s() - ts;
+      win_s += dt;
+      train_s += dt;
+      win_samples += e->batch;
+      samples += e->batch;
       if (e->check_every > 0 && (step + 1) % e->check_every == 0)
         CHECK_CALL(check_consistency(t, step + 1));
+      if (j->gradual_every > 0 && t->frozen_blocks > 0 && (step + 1) % j->gradual_every == 0) {
+        /* Gradual unfreezing: the next block down starts training (all ranks
+         * at the same step), so the synchroniser's ranges change too. */
+        freeze_trunk_blocks(t, t->frozen_blocks - 1);
+        CHECK_CALL(build_sync(t));
+      }
       int end_of_epoch = b + 1 == per_epoch;
       if (t->stop_agreed || (e->ckpt_every_steps > 0 && (step + 1) % e->ckpt_every_steps == 0) ||
           (e->ckpt_every_epoch && end_of_epoch)) {
@@ -571,21 +695,58 @@ static int run(trainer *t, train_summary *out) {
           t->h->on_step(t->h->ctx, epoch, step + 1, total, acc[2] > 0 ? acc[0] / acc[2] : 0,
                         now_s() - t0);
       }
+      int last = step + 1 == total;
+      int report_now = j->eval_every > 0 ? ((step + 1) % j->eval_every == 0 || last)
+                                         : (end_of_epoch || last);
+      if (!report_now) continue;
+      train_epoch_stats s = {.epoch = epoch, .epochs = epochs, .step = step + 1,
+                             .total_steps = total,
+                             .train_loss = acc[2] > 0 ? acc[0] / acc[2] : NAN,
+                             .train_acc = acc[2] > 0 ? acc[1] / acc[2] : NAN,
+                             .val_loss = NAN, .val_acc = NAN,
+                             .samples_per_s = win_s > 0 ? (double)win_samples / win_s : 0,
+                             .epoch_s = win_s, .lr = lr};
+      if (t->n_val > 0) CHECK_CALL(evaluate(t, &t->d.val, &s.val_loss, &s.val_acc));
+      val_acc = s.val_acc;
+      s.elapsed_s = now_s() - t0;
+      s.eta_s = step + 1 > t->start_step
+                    ? s.elapsed_s / (double)(step + 1 - t->start_step) * (double)(total - step - 1)
+                    : 0;
+      if (t->h && t->h->on_epoch && c->rank == 0) t->h->on_epoch(t->h->ctx, &s);
+      memset(acc, 0, sizeof acc);
+      win_s = 0;
+      win_samples = 0;
+      if (t->best && !isnan(s.val_acc)) {
+        /* Early stopping: every rank sees the same validation accuracy. */
+        if (s.val_acc > t->best_acc) {
+          t->best_acc = s.val_acc;
+          t->evals_since_best = 0;
+          memcpy(t->best, t->m->params, t->m->nparams * sizeof(float));
+        } else if (++t->evals_since_best >= j->patience) {
+          stop_early = 1;
+          step++;
+          break;
+        }
+      }
     }
-    double ep_s = now_s() - te;
-    train_s += ep_s;
-    samples += ep_samples;
-    train_epoch_stats s = {.epoch = epoch, .epochs = epochs, .step = step, .total_steps = total,
-                           .train_loss = acc[2] > 0 ? acc[0] / acc[2] : NAN,
-                           .train_acc = acc[2] > 0 ? acc[1] / acc[2] : NAN,
-                           .val_loss = NAN, .val_acc = NAN,
-                           .samples_per_s = ep_s > 0 ? (double)ep_samples / ep_s : 0,
-                           .epoch_s = ep_s, .lr = lr};
-    if (t->n_val > 0) CHECK_CALL(evaluate(t, &t->d.val, &s.val_loss, &s.val_acc));
-    val_acc = s.val_acc;
-    s.elapsed_s = now_s() - t0;
-    s.eta_s = step > 0 ? s.elapsed_s / (double)step * (double)(total - step) : 0;
-    if (t->h && t->h->on_epoch && c->rank == 0) t->h->on_epoch(t->h->ctx, &s);
+  }
+  if (t->best && t->best_acc >= 0) memcpy(t->m->params, t->best, t->m->nparams * sizeof(float));
+  if (t->feats && step > 0) {
+    /* The feature-extraction speed-up: a step that runs the frozen trunk
+     * (forward trunk + head, backward head) against the cached step. */
+    int B = rows_of_shards(t, t->shard_lo, t->shard_hi);
+    for (int i = 0; i < B; i++) t->idx[i] = i % t->d.train.n;
+    nn_pass p = {.B = B, .training = 1};
+    double t1 = now_s();
+    for (int r = 0; r < 5; r++) {
+      nn_data_batch(&t->d.train, t->idx, B, t->tf_train, t->ntf_train, 0, t->x, t->y, t->scratch);
+      const float *lg = nn_model_forward(t->m, 0, t->x, &p);
+      nn_loss_xent(lg, t->y, NULL, B, t->K, 0, -1, B, t->dlogits);
+      nn_model_backward(t->m, 0, t->dlogits, &p, NULL, NULL);
+    }
+    nn_model_zero_grad(t->m);
+    double uncached = (now_s() - t1) / 5, cached = train_s / (double)(step - t->start_step);
+    out->feature_cache_speedup = cached > 0 ? uncached / cached : NAN;
   }
   if (e->check_every > 0) CHECK_CALL(check_consistency(t, step));
   /* The final state is always kept when checkpoints are on (transfer jobs
@@ -593,7 +754,7 @@ static int run(trainer *t, train_summary *out) {
   if (saving && last_saved != step && step > t->start_step)
     CHECK_CALL(save(t, step, step / per_epoch + 1, step % per_epoch));
   CHECK_CALL(evaluate(t, &t->d.test, &out->test_loss, &out->test_acc));
-  out->val_acc = val_acc;
+  out->val_acc = t->best ? t->best_acc : val_acc;
   out->train_s = train_s;
   out->train_samples_per_s = train_s > 0 ? (double)samples / train_s : 0;
   out->wall_s = now_s() - t0;

@@ -45,6 +45,9 @@ assert "optim.m.head.main.dense1.b" in t and "optim.v.trunk.dense1.W" not in t
 assert all(math.isfinite(x["l2"]) and x["l2"] > 0 for x in t.values())
 assert "mlp-fmnist" in d["experiment"] and len(d["experiment_hash"]) == 16
 PY
+  # The framing reader printed in docs/checkpoint-format.md, run as written.
+  sed -n '/^```python$/,/^```$/p' "$SRC/docs/checkpoint-format.md" | sed '1d;$d' >"$TMP/reader.py"
+  expect 0 "^version 1, 14 records, header [0-9]+ bytes, first chunk: tensor 0 at 0" -- "$py" "$TMP/reader.py" "$C"
 fi
 
 # Damaged copies: exit 1 with the reason and the byte offset.

@@ -146,7 +146,7 @@ static void sample_meta(ckpt_meta *mt) {
   mt->epoch = 3;
   mt->batch = 17;
   mt->seed = 0xfedcba9876543210ULL;
-  mt->experiment = "name: test\nmodel: {preset: mlp}\n\"quoted\"\ttab\n";
+  mt->experiment = "name: test\nmodel: {preset: mlp}\n\"quoted\"\ttab \xc3\xa9 stray \xff byte\n";
   mt->experiment_hash = 0x0123456789abcdefULL;
   mt->ndatasets = 2;
   strcpy(mt->datasets[0].name, "fashion-mnist/train");
@@ -253,6 +253,14 @@ static void test_round_trip(size_t chunk_bytes, nn_opt_kind kind) {
    * head a 2, head b 3 (dense1 no_bias): 20 parameter tensors, times 2 for
    * sgd momentum, times 3 for adamw moments. */
   CHECK_MSG(ckpt_ntensors(f) == 20 * (kind == NN_OPT_ADAMW ? 3 : 2), "%d tensors", ckpt_ntensors(f));
+  /* JSON keeps UTF-8 and replaces the stray byte; quotes and tabs escaped. */
+  char *js = NULL;
+  size_t jn = 0;
+  FILE *mem = open_memstream(&js, &jn);
+  CHECK(mem && ckpt_print(f, mem, 1) == 0);
+  if (mem) fclose(mem);
+  CHECK_MSG(js && strstr(js, "\\\"quoted\\\"\\ttab \xc3\xa9 stray \\ufffd byte\\n"), "%s", js ? js : "");
+  free(js);
   /* Same bytes through ckpt_open_mem. */
   size_t n;
   unsigned char *bytes = slurp(path, &n);

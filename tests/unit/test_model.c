@@ -10,6 +10,7 @@
 #include "nn/err.h"
 #include "nn/loss.h"
 #include "nn/model.h"
+#include "nn/optim.h"
 #include "nn/rng.h"
 
 static nn_layer_spec ls(nn_op op, int out) {
@@ -229,7 +230,52 @@ static void test_presets_and_errors(void) {
   CHECK(strstr(ferry_err_msg(), "'x'") != NULL);
 }
 
+/* L2-SP: the gradient added equals the central difference of the penalty,
+ * only the trunk is pulled, frozen groups are left alone. */
+static void test_l2sp(void) {
+  nn_model_spec sp;
+  two_head_spec(&sp);
+  nn_model *m = NULL;
+  CHECK(nn_model_new(&m, &sp, 2) == 0);
+  if (!m) return;
+  nn_model_init_params(m, 3);
+  float *anchor = malloc(m->nparams * sizeof(float));
+  nn_rng r;
+  nn_rng_seed(&r, 9);
+  for (size_t i = 0; i < m->nparams; i++) anchor[i] = m->params[i] + 0.1f * (float)nn_rng_normal(&r);
+  const float alpha = 0.3f;
+  nn_model_zero_grad(m);
+  nn_l2sp_apply(m, anchor, "trunk", alpha);
+  double worst = 0;
+  for (size_t i = 0; i < m->nparams; i++) {
+    float keep = m->params[i];
+    float *g = calloc(m->nparams, sizeof(float)), *saved = m->grads;
+    m->grads = g;
+    m->params[i] = keep + 1e-2f;
+    double lp = nn_l2sp_apply(m, anchor, "trunk", alpha);
+    m->params[i] = keep - 1e-2f;
+    double lm = nn_l2sp_apply(m, anchor, "trunk", alpha);
+    m->params[i] = keep;
+    m->grads = saved;
+    free(g);
+    double err = fabs((lp - lm) / 2e-2 - saved[i]);
+    if (err > worst) worst = err;
+  }
+  CHECK_MSG(worst < 1e-3, "L2-SP worst gradient error %g", worst);
+  int head_zero = 1;
+  for (int gi = 0; gi < m->ngroups; gi++)
+    if (m->groups[gi].stack >= 0)
+      for (size_t i = 0; i < m->groups[gi].len; i++) head_zero &= m->grads[m->groups[gi].off + i] == 0;
+  CHECK(head_zero);
+  nn_model_zero_grad(m);
+  nn_model_set_frozen(m, "trunk", 1);
+  CHECK(nn_l2sp_apply(m, anchor, "trunk", alpha) == 0.0);
+  free(anchor);
+  nn_model_free(&m);
+}
+
 int main(void) {
+  test_l2sp();
   test_multi_head_gradient();
   test_freeze_and_callbacks();
   test_presets_and_errors();

@@ -1,0 +1,418 @@
+#!/usr/bin/python3
+"""PyTorch reference for ferry's transfer-learning protocol (Fashion-MNIST 0-4 -> 5-9).
+
+Run with Debian's /usr/bin/python3 (python3-torch 1.13, CPU; no torchvision:
+the IDX files are read with gzip + numpy, as in bench/torch_train.py).
+
+PROTOCOL (what ferry runs; every choice that is not forced is written here)
+
+Data
+  Fashion-MNIST IDX files from /usr/share/datasets/fashion-mnist/*.gz.
+  Inputs: x/255, then (x - 0.2860) / 0.3530, float32, shape N,1,28,28.
+  Source task: TRAIN images with labels 0-4 (all 30,000), labels kept 0-4.
+  Target task: labels 5-9, relabelled y-5 (0-4).
+  Source test set: the 5,000 t10k images of classes 0-4.
+  Target test set: the 5,000 t10k images of classes 5-9 (always all of them).
+
+Model (PyTorch default init everywhere)
+  trunk = conv(1->16, k5, pad2) relu maxpool2
+          conv(16->32, k5, pad2) relu maxpool2
+          flatten dense(1568->128) relu                  -> 128 features
+  head  = dense(128->C), C = 5 for both tasks.
+
+Pre-training (once)
+  torch.manual_seed(0) (--pretrain-seed), then build trunk and head (in that
+  order: conv1, conv2, dense1, head). 3 epochs over the 30,000 source images,
+  SGD momentum 0.9, lr 0.05, batch 128, no weight decay, no augmentation.
+  Each epoch is a fresh permutation (torch.Generator seeded 0, randperm per
+  epoch) cut into batches; the last incomplete batch of an epoch is DROPPED
+  (as ferry's train.shards does): 234 steps per epoch, 702 in all.
+  Reported: its test accuracy on the 5,000 source test images.
+
+Target subsets, per seed s and K (images per class)
+  For each target class c in 5..9 (in that order): idx_c = the indices (into
+  the 60,000-image train file) of the images labelled c, in file order;
+  perm = np.random.default_rng(s).permutation(len(idx_c)) -- a FRESH
+  generator seeded s for every class -- and the class's K images are
+  idx_c[perm[:K]]. The training set is the concatenation over c (5K images).
+  Consequence: for one seed the K=10 subset is a prefix of the K=50 one, which
+  is a prefix of the K=200 one. --subsets-out FILE writes the chosen indices.
+
+Strategies (each: exactly --steps = 1000 optimizer steps, SGD momentum 0.9,
+lr 0.01, no weight decay, no augmentation, cross-entropy mean over the batch)
+  batch = min(32, 5K) (always 32 for K >= 7).
+  Batches: passes over the 5K images; every pass is a fresh permutation from
+  torch.Generator().manual_seed(s) (randperm(5K), one draw per pass), cut into
+  floor(5K / batch) full batches; the incomplete remainder of a pass is
+  DROPPED (as ferry does at an epoch end). K=10: 1 step per pass (32 of 50),
+  K=50: 7 (224 of 250), K=200: 31 (992 of 1000). Passes continue until 1000
+  steps are done. The same batch sequence is used by all three strategies
+  for one (K, s).
+  scratch          torch.manual_seed(s), fresh trunk + head(128->5), all layers
+                   trained. (For s = 0 this is the same initial point the
+                   pre-training started from; it is still an untrained model.)
+  feature-extract  pre-trained trunk frozen; torch.manual_seed(s), fresh
+                   head(128->5); only the head is trained. The trunk's features
+                   of the 5K training and 5,000 test images are computed once
+                   and the head is trained on the cached 128-vectors: the same
+                   maths as a frozen trunk (no dropout/batch-norm in it).
+  finetune         copy of the pre-trained trunk + torch.manual_seed(s), fresh
+                   head(128->5); all layers trained at the same lr 0.01 (the
+                   momentum buffers start at zero).
+  Evaluation: accuracy on the 5,000 target test images after the last step.
+
+Output
+  stdout: JSON lines. First {"kind": "pretrain", ...} with its test_acc; then
+  one {"kind": "job", "strategy", "K", "seed", "test_acc", "wall_s", ...} per
+  (strategy, K, seed); last {"kind": "summary", ...} with, per strategy and K,
+  mean and std (sample std, ddof=1; 0 for one seed) of test_acc over seeds,
+  plus pretrain_test_acc and total_wall_s. A job's wall_s covers building the
+  model (or computing the cached features), the training loop and the test
+  evaluation; train_s is the loop alone. --json-out FILE writes all of it as
+  one JSON document. A readable table goes to stderr.
+
+Threads: --threads N sets torch.set_num_threads(N) and, when they are unset,
+OPENBLAS_NUM_THREADS / OMP_NUM_THREADS = N before torch is imported (nn.Linear
+uses OpenBLAS here, which torch.set_num_threads does not limit); at N > 1 also
+OMP_WAIT_POLICY=PASSIVE. A warning is printed when they are set to another N.
+"""
+import argparse
+import copy
+import gzip
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+DATA_DIR = "/usr/share/datasets/fashion-mnist"
+MEAN, STD = 0.2860, 0.3530
+SOURCE_CLASSES = (0, 1, 2, 3, 4)
+TARGET_CLASSES = (5, 6, 7, 8, 9)
+STRATEGIES = ("scratch", "feature-extract", "finetune")
+
+torch = nn = F = None  # imported in main(), after the thread variables are set
+
+
+def read_idx(path):
+    """Read a gzipped IDX file into a numpy array (big-endian header)."""
+    with gzip.open(path, "rb") as f:
+        buf = f.read()
+    if buf[0] != 0 or buf[1] != 0 or buf[2] != 0x08:
+        raise ValueError(f"{path}: not an unsigned-byte IDX file")
+    ndim = buf[3]
+    dims = [int.from_bytes(buf[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
+    data = np.frombuffer(buf, dtype=np.uint8, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(dims)):
+        raise ValueError(f"{path}: expected {dims}, found {data.size} bytes")
+    return data.reshape(dims)
+
+
+def load_split(data_dir, prefix):
+    """Raw uint8 images (N,28,28) and int64 labels of one IDX split."""
+    x = read_idx(os.path.join(data_dir, f"{prefix}-images-idx3-ubyte.gz"))
+    y = read_idx(os.path.join(data_dir, f"{prefix}-labels-idx1-ubyte.gz"))
+    return x, y.astype(np.int64)
+
+
+def normalise(x):
+    """uint8 N,28,28 -> float32 tensor N,1,28,28: x/255, then (x-mean)/std."""
+    x = x.astype(np.float32)
+    x /= 255.0
+    x -= MEAN
+    x /= STD
+    return torch.from_numpy(x).unsqueeze(1)
+
+
+def make_trunk():
+    return nn.Sequential(
+        nn.Conv2d(1, 16, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(32 * 7 * 7, 128), nn.ReLU())
+
+
+def make_head(nclasses=5):
+    return nn.Linear(128, nclasses)
+
+
+def target_subset(ytrain, seed, k):
+    """Indices into the train file: per target class (5..9 in order), a fresh
+    np.random.default_rng(seed) permutation of that class's indices (file
+    order), first k taken."""
+    out = []
+    for c in TARGET_CLASSES:
+        idx_c = np.flatnonzero(ytrain == c)
+        if k > idx_c.size:
+            raise SystemExit(f"K={k} but class {c} has only {idx_c.size} training images")
+        perm = np.random.default_rng(seed).permutation(idx_c.size)
+        out.append(idx_c[perm[:k]])
+    return np.concatenate(out)
+
+
+def batch_stream(n, batch, steps, seed):
+    """Yield `steps` index tensors of size `batch`: passes over n items, each
+    a fresh randperm from a generator seeded `seed`, incomplete tail dropped."""
+    gen = torch.Generator().manual_seed(seed)
+    per_pass = n // batch
+    if per_pass < 1:
+        raise ValueError(f"batch {batch} larger than the {n} training items")
+    done = 0
+    while done < steps:
+        perm = torch.randperm(n, generator=gen)
+        for i in range(per_pass):
+            yield perm[i * batch:(i + 1) * batch]
+            done += 1
+            if done >= steps:
+                return
+
+
+def sgd_steps(model, params, x, y, batch, steps, seed, lr, momentum):
+    """Train `params` of `model` on (x, y) for `steps` steps; returns seconds."""
+    opt = torch.optim.SGD(params, lr=lr, momentum=momentum)
+    model.train()
+    t0 = time.perf_counter()
+    for idx in batch_stream(x.shape[0], batch, steps, seed):
+        opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(model(x[idx]), y[idx])
+        loss.backward()
+        opt.step()
+    return time.perf_counter() - t0
+
+
+def evaluate(model, x, y, batch=1000):
+    with torch.no_grad():
+        model.eval()
+        correct = 0
+        for i in range(0, x.shape[0], batch):
+            correct += (model(x[i:i + batch]).argmax(1) == y[i:i + batch]).sum().item()
+        model.train()
+    return correct / x.shape[0]
+
+
+def features(trunk, x, batch=1000):
+    with torch.no_grad():
+        trunk.eval()
+        out = torch.cat([trunk(x[i:i + batch]) for i in range(0, x.shape[0], batch)])
+        trunk.train()
+    return out
+
+
+def pretrain(args, xtr, ytr, xte, yte):
+    t0 = time.perf_counter()
+    torch.manual_seed(args.pretrain_seed)
+    trunk = make_trunk()
+    head = make_head(len(SOURCE_CLASSES))
+    model = nn.Sequential(trunk, head)
+    per_epoch = xtr.shape[0] // args.pretrain_batch
+    steps = per_epoch * args.pretrain_epochs
+    train_s = sgd_steps(model, model.parameters(), xtr, ytr, args.pretrain_batch, steps,
+                        args.pretrain_seed, args.pretrain_lr, args.momentum)
+    acc = evaluate(model, xte, yte)
+    return trunk, {
+        "kind": "pretrain", "test_acc": acc, "wall_s": time.perf_counter() - t0,
+        "train_s": train_s, "epochs": args.pretrain_epochs, "steps": steps,
+        "batch": args.pretrain_batch, "lr": args.pretrain_lr, "seed": args.pretrain_seed,
+        "train_size": int(xtr.shape[0]), "test_size": int(xte.shape[0]),
+    }
+
+
+def run_job(strategy, k, seed, args, pre_trunk, xsub, ysub, xte, yte):
+    t0 = time.perf_counter()
+    n = xsub.shape[0]
+    batch = min(args.batch, n)
+    common = dict(batch=batch, steps=args.steps, seed=seed, lr=args.lr,
+                  momentum=args.momentum)
+    if strategy == "scratch":
+        torch.manual_seed(seed)
+        trunk = make_trunk()
+        model = nn.Sequential(trunk, make_head())
+        train_s = sgd_steps(model, model.parameters(), xsub, ysub, **common)
+        acc = evaluate(model, xte, yte)
+    elif strategy == "feature-extract":
+        ftr = features(pre_trunk, xsub)
+        fte = features(pre_trunk, xte)
+        torch.manual_seed(seed)
+        head = make_head()
+        train_s = sgd_steps(head, head.parameters(), ftr, ysub, **common)
+        acc = evaluate(head, fte, yte)
+    elif strategy == "finetune":
+        trunk = copy.deepcopy(pre_trunk)
+        for prm in trunk.parameters():
+            prm.requires_grad_(True)  # the shared pre-trained trunk is frozen
+        torch.manual_seed(seed)
+        model = nn.Sequential(trunk, make_head())
+        train_s = sgd_steps(model, model.parameters(), xsub, ysub, **common)
+        acc = evaluate(model, xte, yte)
+    else:
+        raise ValueError(strategy)
+    return {
+        "kind": "job", "strategy": strategy, "K": k, "seed": seed, "test_acc": acc,
+        "wall_s": time.perf_counter() - t0, "train_s": train_s, "steps": args.steps,
+        "batch": batch, "train_size": int(n), "test_size": int(xte.shape[0]),
+    }
+
+
+def summarise(jobs, strategies, ks):
+    table = {}
+    for s in strategies:
+        table[s] = {}
+        for k in ks:
+            accs = [j["test_acc"] for j in jobs if j["strategy"] == s and j["K"] == k]
+            if not accs:
+                continue
+            a = np.array(accs)
+            table[s][str(k)] = {
+                "mean": float(a.mean()),
+                "std": float(a.std(ddof=1)) if a.size > 1 else 0.0,
+                "n": int(a.size), "test_acc": accs,
+                "seeds": [j["seed"] for j in jobs if j["strategy"] == s and j["K"] == k],
+            }
+    return table
+
+
+def int_list(text):
+    try:
+        vals = [int(v) for v in text.replace(",", " ").split()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers like 0,1,2, found {text!r}")
+    if not vals:
+        raise argparse.ArgumentTypeError("empty list")
+    return vals
+
+
+def str_list(text):
+    vals = [v for v in text.replace(",", " ").split()]
+    bad = [v for v in vals if v not in STRATEGIES]
+    if bad or not vals:
+        raise argparse.ArgumentTypeError(
+            f"unknown strategy {bad}; choose from {', '.join(STRATEGIES)}")
+    return vals
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                epilog="The protocol is in the module docstring.")
+    p.add_argument("--seeds", type=int_list, default=[0, 1, 2], help="default 0,1,2")
+    p.add_argument("--ks", type=int_list, default=[10, 50, 200],
+                   help="images per target class, default 10,50,200")
+    p.add_argument("--steps", type=int, default=1000, help="optimizer steps per strategy")
+    p.add_argument("--strategies", type=str_list, default=list(STRATEGIES),
+                   help="default scratch,feature-extract,finetune")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--json-out", metavar="FILE", help="write everything as one JSON document")
+    p.add_argument("--subsets-out", metavar="FILE",
+                   help="write the chosen train-file indices per (seed, K) as JSON")
+    p.add_argument("--data-dir", default=DATA_DIR)
+    p.add_argument("--batch", type=int, default=32, help="target batch (min'd with 5K)")
+    p.add_argument("--lr", type=float, default=0.01, help="target lr")
+    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--pretrain-epochs", type=int, default=3)
+    p.add_argument("--pretrain-lr", type=float, default=0.05)
+    p.add_argument("--pretrain-batch", type=int, default=128)
+    p.add_argument("--pretrain-seed", type=int, default=0)
+    args = p.parse_args(argv)
+    if args.steps < 1 or args.threads < 1 or args.batch < 1 or args.pretrain_epochs < 1:
+        p.error("--steps, --threads, --batch and --pretrain-epochs must be >= 1")
+    return args
+
+
+def set_thread_env(n):
+    """Must run before `import torch` (OpenBLAS reads its variable at load)."""
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
+        val = os.environ.get(var)
+        if val is None:
+            os.environ[var] = str(n)
+        elif val != str(n):
+            print(f"torch_transfer.py: warning: --threads {n} but {var}={val}",
+                  file=sys.stderr)
+    if n > 1:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def main(argv=None):
+    global torch, nn, F
+    t_start = time.perf_counter()
+    args = parse_args(argv)
+    set_thread_env(args.threads)
+    import torch as _torch
+    import torch.nn as _nn
+    import torch.nn.functional as _F
+    torch, nn, F = _torch, _nn, _F
+    torch.set_num_threads(args.threads)
+
+    xtr_raw, ytr_raw = load_split(args.data_dir, "train")
+    xte_raw, yte_raw = load_split(args.data_dir, "t10k")
+    src_tr = np.isin(ytr_raw, SOURCE_CLASSES)
+    src_te = np.isin(yte_raw, SOURCE_CLASSES)
+    tgt_te = np.isin(yte_raw, TARGET_CLASSES)
+    xs_tr, ys_tr = normalise(xtr_raw[src_tr]), torch.from_numpy(ytr_raw[src_tr])
+    xs_te, ys_te = normalise(xte_raw[src_te]), torch.from_numpy(yte_raw[src_te])
+    xt_te = normalise(xte_raw[tgt_te])
+    yt_te = torch.from_numpy(yte_raw[tgt_te] - TARGET_CLASSES[0])
+
+    pre_trunk, pre = pretrain(args, xs_tr, ys_tr, xs_te, ys_te)
+    for prm in pre_trunk.parameters():
+        prm.requires_grad_(False)  # frozen for feature extraction; finetune copies re-enable
+    print(json.dumps(pre), flush=True)
+    print(f"pretrain: test_acc {pre['test_acc']:.4f} on classes 0-4, "
+          f"{pre['train_s']:.1f} s", file=sys.stderr)
+    del xs_tr, ys_tr, xs_te, ys_te
+
+    jobs, subsets = [], []
+    for k in args.ks:
+        for seed in args.seeds:
+            idx = target_subset(ytr_raw, seed, k)
+            subsets.append({"seed": seed, "K": k, "train_indices": idx.tolist()})
+            xsub = normalise(xtr_raw[idx])
+            ysub = torch.from_numpy(ytr_raw[idx] - TARGET_CLASSES[0])
+            for strategy in args.strategies:
+                job = run_job(strategy, k, seed, args, pre_trunk, xsub, ysub, xt_te, yt_te)
+                jobs.append(job)
+                print(json.dumps(job), flush=True)
+                print(f"{strategy:>15} K={k:<4d} seed={seed}: test_acc "
+                      f"{job['test_acc']:.4f}  {job['wall_s']:.1f} s", file=sys.stderr)
+
+    table = summarise(jobs, args.strategies, args.ks)
+    summary = {
+        "kind": "summary", "system": "pytorch", "torch": torch.__version__,
+        "threads": args.threads, "pretrain_test_acc": pre["test_acc"],
+        "results": table, "total_wall_s": time.perf_counter() - t_start,
+        "config": {
+            "seeds": args.seeds, "ks": args.ks, "steps": args.steps,
+            "strategies": args.strategies, "batch": args.batch, "lr": args.lr,
+            "momentum": args.momentum, "pretrain_epochs": args.pretrain_epochs,
+            "pretrain_lr": args.pretrain_lr, "pretrain_batch": args.pretrain_batch,
+            "pretrain_seed": args.pretrain_seed, "source_classes": list(SOURCE_CLASSES),
+            "target_classes": list(TARGET_CLASSES), "mean": MEAN, "std": STD,
+        },
+    }
+    print(json.dumps(summary), flush=True)
+
+    print(f"\n{'strategy':>15} " + " ".join(f"{'K=' + str(k):>17}" for k in args.ks),
+          file=sys.stderr)
+    for s in args.strategies:
+        cells = []
+        for k in args.ks:
+            c = table[s].get(str(k))
+            cells.append(f"{c['mean']:.4f} ± {c['std']:.4f}" if c else "-")
+        print(f"{s:>15} " + " ".join(f"{c:>17}" for c in cells), file=sys.stderr)
+    print(f"pretrain test_acc {pre['test_acc']:.4f}; total {summary['total_wall_s']:.1f} s",
+          file=sys.stderr)
+
+    if args.json_out:
+        with open(args.json_out, "w") as f:
+            json.dump({"pretrain": pre, "jobs": jobs, "summary": summary}, f, indent=1)
+            f.write("\n")
+    if args.subsets_out:
+        with open(args.subsets_out, "w") as f:
+            json.dump({"protocol": "per target class c in 5..9: idx_c = train-file indices "
+                                   "labelled c in file order; "
+                                   "idx_c[np.random.default_rng(seed).permutation(len(idx_c))[:K]]",
+                       "subsets": subsets}, f)
+            f.write("\n")
+
+
+if __name__ == "__main__":
+    main()
