@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "dist/comm.h"
@@ -15,6 +16,9 @@
 #include "launch/config.h"
 #include "launch/report_io.h"
 #include "nn/err.h"
+#include "launch/report.h"
+#include "train/ckpt.h"
+#include "train/transfer.h"
 #include "train/trainer.h"
 
 #define MAX_SETS 64
@@ -87,6 +91,7 @@ void cmd_train_help(void) {
 typedef struct {
   FILE *metrics;
   FILE *steps;
+  int quiet;      /* files only, no console lines (transfer jobs) */
   int bar;        /* live progress bar on stdout */
   double last_bar;
   int bar_shown;
@@ -131,12 +136,14 @@ static void on_epoch(void *ctx, const train_epoch_stats *s) {
   presenter *pr = ctx;
   char eta[32];
   io_fmt_duration(eta, sizeof eta, s->eta_s);
-  if (pr->bar_shown) printf("\r\033[K");
-  pr->bar_shown = 0;
-  printf("epoch %d/%d  loss %.4f  acc %.4f", s->epoch, s->epochs, s->train_loss, s->train_acc);
-  if (!isnan(s->val_acc)) printf("  val_loss %.4f  val_acc %.4f", s->val_loss, s->val_acc);
-  printf("  %.0f samples/s  %.1fs  ETA %s\n", s->samples_per_s, s->epoch_s, eta);
-  fflush(stdout);
+  if (!pr->quiet) {
+    if (pr->bar_shown) printf("\r\033[K");
+    pr->bar_shown = 0;
+    printf("epoch %d/%d  loss %.4f  acc %.4f", s->epoch, s->epochs, s->train_loss, s->train_acc);
+    if (!isnan(s->val_acc)) printf("  val_loss %.4f  val_acc %.4f", s->val_loss, s->val_acc);
+    printf("  %.0f samples/s  %.1fs  ETA %s\n", s->samples_per_s, s->epoch_s, eta);
+    fflush(stdout);
+  }
   if (pr->metrics) {
     FILE *f = pr->metrics;
     fprintf(f, "{\"epoch\": %d, \"step\": %lld, \"train_loss\": ", s->epoch, (long long)s->step);
@@ -247,6 +254,158 @@ static int prepare_out(const char *dir, int append, presenter *pr) {
   return 0;
 }
 
+/* ---- the transfer stage's presentation (rank 0) ---------------------------- */
+
+typedef struct {
+  presenter job;       /* the running job's files (no console lines) */
+  FILE *results;       /* RUN_DIR/results.jsonl */
+  double t0;
+  int done, failed;
+} pipeline;
+
+static double wall_now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static void on_job_start(void *ctx, int i, int n, const transfer_result *r,
+                         const exp_experiment *je) {
+  pipeline *pl = ctx;
+  (void)je;
+  memset(&pl->job, 0, sizeof pl->job);
+  pl->job.quiet = 1;
+  char path[EXP_PATH_MAX + 32];
+  if (io_mkdirs(r->dir) == 0) {
+    snprintf(path, sizeof path, "%s/metrics.jsonl", r->dir);
+    pl->job.metrics = fopen(path, "w");
+  }
+  printf("[%d/%d] %s ...", i + 1, n, r->id);
+  fflush(stdout);
+}
+
+static void on_job_done(void *ctx, int i, int n, const transfer_result *r) {
+  pipeline *pl = ctx;
+  (void)i;
+  if (pl->job.metrics) fclose(pl->job.metrics);
+  pl->job.metrics = NULL;
+  pl->done++;
+  pl->failed += !r->ok;
+  double el = wall_now() - pl->t0, eta = el / pl->done * (n - i - 1);
+  char etab[32];
+  io_fmt_duration(etab, sizeof etab, eta);
+  if (r->ok)
+    printf(" test_acc %.4f  %.1fs  (ETA %s)\n", r->sum.test_acc, r->sum.wall_s, etab);
+  else
+    printf(" FAILED: %s\n", r->reason);
+  fflush(stdout);
+  FILE *f = pl->results;
+  if (!f) return;
+  fputs("{\"job\": ", f);
+  json_str(f, r->id);
+  fputs(", \"target\": ", f);
+  json_str(f, r->target);
+  fputs(", \"strategy\": ", f);
+  json_str(f, exp_strategy_names[r->strategy]);
+  fprintf(f, ", \"k\": %d, \"seed\": %lld, \"status\": \"%s\"", r->k, (long long)r->seed,
+          r->ok ? "ok" : "failed");
+  if (!r->ok) {
+    fputs(", \"reason\": ", f);
+    json_str(f, r->reason);
+  } else {
+    fputs(", \"test_acc\": ", f);
+    json_num(f, r->sum.test_acc);
+    fputs(", \"test_loss\": ", f);
+    json_num(f, r->sum.test_loss);
+    fputs(", \"val_acc\": ", f);
+    json_num(f, r->sum.val_acc);
+    fputs(", \"wall_s\": ", f);
+    json_num(f, r->sum.wall_s);
+    fputs(", \"train_s\": ", f);
+    json_num(f, r->sum.train_s);
+    fprintf(f, ", \"steps\": %lld, \"curve\": \"jobs/%s/metrics.jsonl\"", (long long)r->sum.steps,
+            r->id);
+    if (r->strategy == EXP_STRAT_FEATURE) {
+      fputs(", \"extra\": {\"feature_cache_speedup\": ", f);
+      json_num(f, r->sum.feature_cache_speedup);
+      fputs("}", f);
+    }
+  }
+  fputs("}\n", f);
+  fflush(f);
+}
+
+/* Jobs already finished in RUN_DIR/results.jsonl (a rerun skips them). */
+static void finished_jobs(const exp_experiment *e, const char *root, unsigned char *skip, int n) {
+  char path[EXP_PATH_MAX + 32], line[4096];
+  snprintf(path, sizeof path, "%s/results.jsonl", root);
+  FILE *f = fopen(path, "r");
+  if (!f) return;
+  exp_experiment *je = malloc(sizeof *je);
+  transfer_result r;
+  while (je && fgets(line, sizeof line, f)) {
+    if (!strstr(line, "\"status\": \"ok\"")) continue;
+    for (int i = 0; i < n; i++) {
+      char want[200];
+      if (transfer_job(e, root, "", i, je, &r)) continue;
+      snprintf(want, sizeof want, "{\"job\": \"%s\"", r.id);
+      if (!strncmp(line, want, strlen(want))) skip[i] = 1;
+    }
+  }
+  free(je);
+  fclose(f);
+}
+
+/* After pre-training: the transfer jobs, then the report. Collective. */
+static int run_transfer(exp_experiment *e, const char *root, const train_summary *pre,
+                        const dist_comm *world) {
+  char ckpt[EXP_PATH_MAX + 64];
+  CHECK_CALL(ckpt_path_for_step(ckpt, sizeof ckpt, e->out_dir, pre->steps));
+  int n = transfer_njobs(&e->transfer);
+  unsigned char *skip = calloc((size_t)n, 1);
+  CHECK_ALLOC(skip, (size_t)n);
+  pipeline pl;
+  memset(&pl, 0, sizeof pl);
+  pl.t0 = wall_now();
+  int rc = 0;
+  if (world->rank == 0) {
+    if (e->resume[0]) finished_jobs(e, root, skip, n);
+    char path[EXP_PATH_MAX + 32];
+    snprintf(path, sizeof path, "%s/results.jsonl", root);
+    pl.results = fopen(path, e->resume[0] ? "a" : "w");
+    if (!pl.results) rc = ferry_err_set(FERRY_ERUNTIME, __FILE__, __LINE__, __func__, "cannot write %s", path);
+    int skipped = 0;
+    for (int i = 0; i < n; i++) skipped += skip[i];
+    printf("transfer: %d jobs (%d targets x %d strategies x %d K x %d seeds) from %s%s\n", n,
+           e->transfer.ntargets, e->transfer.nstrategies, e->transfer.nk, e->transfer.nseeds, ckpt,
+           skipped ? "" : "");
+    if (skipped) printf("transfer: %d jobs already finished in %s/results.jsonl: skipped\n", skipped, root);
+    fflush(stdout);
+  }
+  int first;
+  if (!rc) rc = dist_bcast(world, skip, (size_t)n, 0);
+  if (dist_agree(world, rc, &first)) {
+    free(skip);
+    if (pl.results) fclose(pl.results);
+    return rc ? rc : FERRY_ERUNTIME;
+  }
+  train_hooks jh = {.on_epoch = on_epoch, .ctx = &pl.job};
+  pl.job.quiet = 1;
+  transfer_hooks th = {.on_job_start = on_job_start, .on_job_done = on_job_done,
+                       .job_hooks = &jh, .ctx = &pl};
+  rc = transfer_run(e, root, ckpt, skip, world, &th);
+  free(skip);
+  if (pl.results) fclose(pl.results);
+  if (rc) return rc;
+  if (world->rank == 0) {
+    printf("transfer: %d jobs run, %d failed, %.1fs\n", pl.done, pl.failed, wall_now() - pl.t0);
+    rc = report_write(root, 1);
+    if (!rc) printf("report: %s/report.md, %s/report.json\n", root, root);
+    fflush(stdout);
+  }
+  return rc;
+}
+
 int cmd_train(int argc, char **argv) {
   const char *file = NULL, *out = NULL, *progress = NULL;
   int resume = 0;
@@ -302,6 +461,13 @@ int cmd_train(int argc, char **argv) {
   int rc = cfg_load(&e, file, sets, nsets);
   if (!rc && out) snprintf(e.out_dir, sizeof e.out_dir, "%s", out);
   if (!rc && resume) snprintf(e.resume, sizeof e.resume, "latest");
+  char root[EXP_PATH_MAX];
+  snprintf(root, sizeof root, "%s", e.out_dir);
+  if (!rc && e.transfer.enabled) {
+    /* A pipeline: pre-training in RUN_DIR/pretrain, jobs in RUN_DIR/jobs. */
+    snprintf(e.out_dir, sizeof e.out_dir, "%.*s/pretrain", (int)sizeof e.out_dir - 10, root);
+    e.ckpt_every_epoch = e.ckpt_every_epoch || e.ckpt_every_steps == 0;
+  }
   char *text = NULL;
   if (!rc) rc = read_experiment_text(file, sets, nsets, &text);
   e.text = text;
@@ -355,6 +521,11 @@ int cmd_train(int argc, char **argv) {
     if (!rc)
       printf("test_acc %.4f  test_loss %.4f  %.0f train samples/s  wall %.1fs  -> %s/summary.json\n",
              sum.test_acc, sum.test_loss, sum.train_samples_per_s, sum.wall_s, e.out_dir);
+  }
+  if (!rc && e.transfer.enabled) {
+    int who = -1;
+    rc = dist_agree(&world, rc, &who);
+    if (!rc) rc = run_transfer(&e, root, &sum, &world);
   }
   if (pr.metrics) fclose(pr.metrics);
   if (pr.steps) fclose(pr.steps);

@@ -567,9 +567,9 @@ static void md_plots(const report *r, FILE *f, const char *target) {
 static void write_md(const report *r, FILE *f) {
   int nok = 0;
   for (int i = 0; i < r->njobs; i++) nok += r->jobs[i].ok;
-  fputs("# Transfer report\n\nRun directory: `", f);
+  fputs("# Transfer report\n\nRun directory: ", f);
   md_text(f, r->run_dir);
-  fprintf(f, "`. %d job(s) in results.jsonl: %d finished, %d failed; %d row(s), %d flagged "
+  fprintf(f, ". %d job(s) in results.jsonl: %d finished, %d failed; %d row(s), %d flagged "
           "NEGATIVE TRANSFER.\n\n", r->njobs, nok, r->nfailed, r->nrows, count_flagged(r));
   fputs("Accuracy is test accuracy in percent, mean ± sample standard deviation over the seeds "
         "that finished. Gain is the difference of means to the scratch row of the same target "

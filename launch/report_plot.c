@@ -131,6 +131,25 @@ static int cmp_strategy(const char *a, const char *b) {
   return strcmp(a, b);
 }
 
+/* A strategy's line style, the same in every figure: scratch (the
+ * baseline) black and dashed, the others gnuplot line types 1, 2, ... in
+ * name order over the whole report. */
+static void line_style(const report *r, const char *strategy, char *buf, size_t n) {
+  if (!strcmp(strategy, "scratch")) {
+    snprintf(buf, n, "linecolor rgb 'black' dashtype 2");
+    return;
+  }
+  int idx = 1;
+  for (int i = 0; i < r->nrows; i++) {
+    const char *s = r->rows[i].strategy;
+    if (!strcmp(s, "scratch") || strcmp(s, strategy) >= 0) continue;
+    int first = 1; /* count each name once: its first row */
+    for (int j = 0; j < i && first; j++) first = strcmp(r->rows[j].strategy, s) != 0;
+    idx += first;
+  }
+  snprintf(buf, n, "linetype %d", idx);
+}
+
 /* The distinct strategies of rows [first, end), scratch first, into names. */
 static int strategies_of(const report *r, int first, int end, const char **names) {
   int n = 0;
@@ -206,8 +225,10 @@ static int plot_acc_vs_k(const report *r, int first, int end, const char *dir, c
     }
     if (!npts) continue; /* every seed failed: nothing to draw */
     fputs("\n\n", f);
-    fprintf(gp, "%s '%s' index %d using 1:2:3 with yerrorlines pointtype 7 title ", nblocks ? ", \\\n    " : "",
-            dat, nblocks);
+    char style[64];
+    line_style(r, strat[s], style, sizeof style);
+    fprintf(gp, "%s '%s' index %d using 1:2:3 with yerrorlines %s pointtype 7 title ",
+            nblocks ? ", \\\n    " : "", dat, nblocks, style);
     gp_quote(gp, strat[s]);
     fputs(" noenhanced", gp);
     nblocks++;
@@ -315,8 +336,10 @@ static int plot_curves(report *r, int first, int end, const char *dir, const cha
     }
     fputs("\n\n", f);
     /* The title is quoted into a buffer with the same rules as gp_quote. */
-    pw += (size_t)snprintf(plotcmd + pw, sizeof plotcmd - pw, "%s '%s' index %d using 1:2 with lines title '",
-                           nblocks ? ", \\\n    " : "", dat, nblocks);
+    char style[64];
+    line_style(r, w->strategy, style, sizeof style);
+    pw += (size_t)snprintf(plotcmd + pw, sizeof plotcmd - pw, "%s '%s' index %d using 1:2 with lines %s title '",
+                           nblocks ? ", \\\n    " : "", dat, nblocks, style);
     for (const char *s = w->strategy; *s && pw + 4 < sizeof plotcmd; s++) {
       if (*s == '\'') plotcmd[pw++] = '\'';
       plotcmd[pw++] = (unsigned char)*s < 0x20 ? ' ' : *s;
@@ -339,9 +362,9 @@ static int plot_curves(report *r, int first, int end, const char *dir, const cha
   fprintf(gp, " . ', K = %s: validation accuracy during training (mean over seeds)' noenhanced\n"
           "set xlabel 'step'\nset ylabel 'validation accuracy (%%)'\nset xtics autofreq\n"
           "set autoscale x\nset autoscale y\nplot%s\n", klab, plotcmd);
-  char cap[512];
-  snprintf(cap, sizeof cap, "%s, K = %s: validation accuracy vs step", w0->target, klab);
-  return add_pending(pending, png, cap, w0->target);
+  char caption[512];
+  snprintf(caption, sizeof caption, "%s, K = %s: validation accuracy vs step", w0->target, klab);
+  return add_pending(pending, png, caption, w0->target);
 }
 
 /* Writes report.gp and the data files for every target. */

@@ -1,28 +1,37 @@
-/* 2-D convolution on [c][B][h][w] activations as im2col + cblas_sgemm over
- * the batch: col [(ci,kh,kw)][B*oh*ow], y [out][B*oh*ow] = W·col + b.
+/* 2-D convolution on [c][B][h][w] activations, by one of two paths:
  *
- * The batch is processed in chunks of whole samples whose col block fits in
- * the L2 cache (CONV_CHUNK_FLOATS): im2col, sgemm and the bias add then run
- * on cached data, and no B-sized col matrix ever goes to memory. aux holds
- * one chunk's col block and zero-padded copies of its input planes; backward
- * recomputes the col block (cheap, cached) rather than keeping the whole
- * matrix, and reuses the same buffer for dcol = Wᵀ·dy before col2im. A 1x1
- * stride-1 unpadded conv needs no col at all: x is already [c][B*h*w]. */
+ * Direct (stride 1, pad < k: the common case). No col matrix and no sgemm:
+ * a 6x16 register tile (DT_P x DT_V) of sums whose 16 columns are channels
+ * and whose 6 rows are pixels or weight rows; one step of its sum loads 16
+ * packed values and broadcasts one scalar per row straight from zero-padded
+ * planes (at row_base[j] + idx[i], through offset tables), so no operand is
+ * ever expanded im2col-style. Results come out channel-minor and are
+ * transposed into CNHW per block of pixels.
+ *   forward: rows = output pixels, sum over (ci,kh,kw) of x planes x W;
+ *   dW, db:  rows = (ci,kh,kw) and a row of ones, sum over output pixels
+ *            of x planes x dy (transposed per sample);
+ *   dx:      rows = input pixels, sum over (o,kh,kw) of dy planes padded by
+ *            k-1-pad x W flipped: the transposed convolution.
+ * Work goes sample by sample, so aux holds only one sample's planes plus
+ * the packed weights and tables, whatever the batch. On the cnn preset's
+ * conv2 (B=128, one thread) this runs at ~100 GFLOP/s against sgemm's ~84
+ * on im2col chunks, and drops the im2col/col2im passes.
+ *
+ * im2col (stride > 1 or pad >= k). col [(ci,kh,kw)][B*oh*ow], y [out]
+ * [B*oh*ow] = W·col + b with cblas_sgemm, over chunks of whole samples whose
+ * col block fits in L2 (CONV_CHUNK_FLOATS); backward recomputes the chunk's
+ * col rather than keeping the whole matrix, and reuses it for dcol = Wᵀ·dy
+ * before col2im. A 1x1 stride-1 unpadded conv needs no col at all: x is
+ * already [c][B*h*w]. */
 #include <cblas.h>
 #include <math.h>
 #include <string.h>
 
 #include "layer_ops.h"
 
-/* Target floats of one chunk's col block: 256 KiB, a quarter of a 1 MiB L2,
- * leaving room for sgemm's packed panels and the output block. Measured on
- * the cnn preset at B=128 (single-thread OpenBLAS): 2^16 beats 2^17 by 5%,
- * 2^20 is 20% slower and a whole-batch col ~70% slower. */
-#define CONV_CHUNK_FLOATS ((size_t)1 << 16)
-
 typedef struct {
   int C, H, W, O, OH, OW, k, s, pad;
-  int K;          /* C*k*k: rows of col */
+  int K;          /* C*k*k: weights per output channel */
   size_t hw, ohw; /* plane sizes */
 } conv_dims;
 
@@ -39,13 +48,8 @@ static int is_pointwise(const nn_layer *L) {
   return L->spec.k == 1 && L->spec.stride == 1 && L->spec.pad == 0;
 }
 
-/* Samples per chunk at batch B (monotone in B, so a workspace bound at
- * max_batch serves any smaller batch). */
-static int chunk_samples(const conv_dims *d, int B) {
-  size_t per = (size_t)d->K * d->ohw;
-  size_t nb = CONV_CHUNK_FLOATS / per;
-  if (nb < 1) nb = 1;
-  return nb < (size_t)B ? (int)nb : B;
+static int use_direct(const nn_layer *L) {
+  return L->spec.stride == 1 && L->spec.pad < L->spec.k && !is_pointwise(L);
 }
 
 /* Floats of one zero-padded input plane, (H+2pad) x (W+2pad). */
@@ -53,187 +57,16 @@ static size_t plane_floats(const conv_dims *d) {
   return (size_t)(d->H + 2 * d->pad) * (d->W + 2 * d->pad);
 }
 
-/* aux = [col block of nb samples + 8 slack][nb padded planes + 8 slack]. The
- * slack absorbs the 8-float block copies' overshoot past the last row. */
-static size_t col_floats(const conv_dims *d, int nb) {
-  return nn_al16((size_t)d->K * (size_t)nb * d->ohw + 8);
-}
+static size_t up_to(size_t n, size_t m) { return (n + m - 1) / m * m; }
 
-static size_t planes_floats(const conv_dims *d, int nb) {
-  return nn_al16((size_t)nb * plane_floats(d) + 8);
-}
-
-static int use_direct(const nn_layer *L);
-static size_t direct_aux_floats(const conv_dims *d);
-
-size_t nn_conv_aux_floats(const nn_layer *L, int B) {
-  if (is_pointwise(L)) return 0;
-  conv_dims d = dims_of(L);
-  if (use_direct(L)) return direct_aux_floats(&d);
-  int nb = chunk_samples(&d, B);
-  return col_floats(&d, nb) + planes_floats(&d, nb);
-}
-
-/* The padded planes follow the col block of a call's chunk size nb; both
- * grow with nb, so they fit in aux bound for any batch up to max_batch. */
-static float *pad_planes(const nn_layer *L, const conv_dims *d, int nb) {
-  return L->aux + col_floats(d, nb);
-}
-
-/* Outputs o in [*lo, *hi) read input o*s - pad + kk inside [0, n). */
-static void valid_range(int n, int nout, int s, int pad, int kk, int *lo, int *hi) {
-  int a = pad - kk, b = n - 1 + pad - kk;
-  int l = a > 0 ? (a + s - 1) / s : 0;
-  int h = b < 0 ? 0 : b / s + 1;
-  if (h > nout) h = nout;
-  if (l > h) l = h;
-  *lo = l;
-  *hi = h;
-}
-
-/* Copies 8*nblk floats: the caller lets the overshoot past its n floats
- * land where it writes next (or in slack). */
-static inline void copy_blocks(float *dst, const float *src, int nblk) {
-  for (int j = 0; j < nblk; j++) memcpy(dst + 8 * j, src + 8 * j, 8 * sizeof *dst);
-}
-
-/* Copies the H x W plane xp into the interior of the zero-padded plane pp.
- * Rows go as 8-float blocks when W >= 8; their overshoot into the padding is
- * zeroed again afterwards. The last row is copied exactly, so nothing is
- * read past the plane. */
-static void fill_padded(const conv_dims *d, float *restrict pp, const float *restrict xp) {
-  const int W = d->W, H = d->H, pad = d->pad, Wp = W + 2 * pad;
-  const int nblk = W >= 8 ? (W + 7) / 8 : 0;
-  for (int iy = 0; iy < H; iy++) {
-    float *dst = pp + (size_t)(iy + pad) * Wp + pad;
-    if (nblk && iy < H - 1)
-      copy_blocks(dst, xp + (size_t)iy * W, nblk);
-    else
-      memcpy(dst, xp + (size_t)iy * W, (size_t)W * sizeof *dst);
-  }
-  if (!nblk || !pad) return;
-  for (int iy = pad; iy < pad + H; iy++) {
-    float *row = pp + (size_t)iy * Wp;
-    for (int j = 0; j < pad; j++) row[j] = row[pad + W + j] = 0.0f;
-  }
-}
-
-/* col[K][nb*ohw] for samples b0 .. b0+nb of x [C][B][H][W]. The samples'
- * planes of one input channel are first copied into zero-padded planes, so
- * a col row is a plain (strided) copy with no bounds tests. Col is written
- * in increasing address order, so with stride 1 and OW >= 8 each output row
- * goes as whole 8-float blocks: the overshoot (< 8 floats) lands in what is
- * written next, or in the col block's slack. */
-static void im2col(const conv_dims *d, const float *x, int B, int b0, int nb,
-                   float *restrict col, float *restrict P) {
-  const int Wp = d->W + 2 * d->pad, OW = d->OW, OH = d->OH, s = d->s, k = d->k;
-  const size_t nc = (size_t)nb * d->ohw, pl = plane_floats(d);
-  const int nblk = s == 1 && OW >= 8 ? (OW + 7) / 8 : 0;
-  memset(P, 0, ((size_t)nb * pl + 8) * sizeof *P);
-  for (int ci = 0; ci < d->C; ci++) {
-    for (int bi = 0; bi < nb; bi++)
-      fill_padded(d, P + bi * pl, x + ((size_t)ci * B + b0 + bi) * d->hw);
-    for (int kh = 0; kh < k; kh++)
-      for (int kw = 0; kw < k; kw++) {
-        float *dst = col + ((size_t)(ci * k + kh) * k + kw) * nc;
-        for (int bi = 0; bi < nb; bi++, dst += d->ohw) {
-          const float *src = P + bi * pl + (size_t)kh * Wp + kw;
-          if (nblk) {
-            for (int oy = 0; oy < OH; oy++)
-              copy_blocks(dst + (size_t)oy * OW, src + (size_t)oy * Wp, nblk);
-            continue;
-          }
-          for (int oy = 0; oy < OH; oy++) {
-            const float *restrict sr = src + (size_t)oy * s * Wp;
-            float *restrict dr = dst + (size_t)oy * OW;
-            for (int ox = 0; ox < OW; ox++) dr[ox] = sr[ox * s];
-          }
-        }
-      }
-  }
-}
-
-/* dst[0..n) += src[0..n) in 8-float blocks; the last block is masked, so it
- * reads (never uses) up to 7 floats past src's end and rewrites up to 7
- * floats past dst's end with their own values. */
-static inline void add_seg(float *restrict dst, const float *restrict src, int n) {
-  int j = 0;
-  for (; j + 8 <= n; j += 8)
-    for (int l = 0; l < 8; l++) dst[j + l] += src[j + l];
-  if (j < n) {
-    const int r = n - j;
-    for (int l = 0; l < 8; l++) {
-      float v = src[j + l];
-      dst[j + l] += l < r ? v : 0.0f;
-    }
-  }
-}
-
-/* Strided case of col2im: scatter-add straight into dx with valid ranges. */
-static void col2im_strided(const conv_dims *d, const float *restrict dcol, int B, int b0, int nb,
-                           float *restrict dx, int acc) {
-  const int OW = d->OW, s = d->s;
-  const size_t nc = (size_t)nb * d->ohw;
-  for (int ci = 0; ci < d->C; ci++) {
-    for (int bi = 0; bi < nb; bi++) {
-      float *dp = dx + ((size_t)ci * B + b0 + bi) * d->hw;
-      if (!acc) memset(dp, 0, d->hw * sizeof *dp);
-      for (int kh = 0; kh < d->k; kh++) {
-        int oy0, oy1;
-        valid_range(d->H, d->OH, s, d->pad, kh, &oy0, &oy1);
-        for (int kw = 0; kw < d->k; kw++) {
-          int ox0, ox1;
-          valid_range(d->W, OW, s, d->pad, kw, &ox0, &ox1);
-          const int len = ox1 - ox0, ix0 = ox0 * s - d->pad + kw;
-          const float *row = dcol + ((size_t)(ci * d->k + kh) * d->k + kw) * nc +
-                             (size_t)bi * d->ohw + ox0;
-          for (int oy = oy0; oy < oy1; oy++) {
-            float *restrict dr = dp + (size_t)(oy * s - d->pad + kh) * d->W + ix0;
-            const float *restrict rr = row + (size_t)oy * OW;
-            for (int j = 0; j < len; j++) dr[j * s] += rr[j];
-          }
-        }
-      }
-    }
-  }
-}
-
-/* dx[C][B][H][W] (samples b0 .. b0+nb) += or = the col2im of dcol. With
- * stride 1 each plane is accumulated in the zero-padded plane P, where every
- * col row segment is a whole output row (no bounds tests), then its interior
- * is moved to dx. dcol must be followed by >= 7 readable floats (slack). */
-static void col2im(const conv_dims *d, const float *restrict dcol, int B, int b0, int nb,
-                   float *restrict dx, int acc, float *restrict P) {
-  if (d->s != 1) {
-    col2im_strided(d, dcol, B, b0, nb, dx, acc);
-    return;
-  }
-  const int Wp = d->W + 2 * d->pad, Hp = d->H + 2 * d->pad, OW = d->OW, k = d->k;
-  const int nblkw = d->W >= 8 ? (d->W + 7) / 8 : 0;
-  const size_t nc = (size_t)nb * d->ohw;
-  for (int ci = 0; ci < d->C; ci++) {
-    for (int bi = 0; bi < nb; bi++) {
-      memset(P, 0, (size_t)Hp * Wp * sizeof *P);
-      for (int kh = 0; kh < k; kh++)
-        for (int kw = 0; kw < k; kw++) {
-          const float *row = dcol + ((size_t)(ci * k + kh) * k + kw) * nc + (size_t)bi * d->ohw;
-          float *base = P + (size_t)kh * Wp + kw;
-          for (int oy = 0; oy < d->OH; oy++)
-            add_seg(base + (size_t)oy * Wp, row + (size_t)oy * OW, OW);
-        }
-      float *dp = dx + ((size_t)ci * B + b0 + bi) * d->hw;
-      for (int iy = 0; iy < d->H; iy++) {
-        float *restrict dr = dp + (size_t)iy * d->W;
-        const float *restrict pr = P + (size_t)(iy + d->pad) * Wp + d->pad;
-        if (acc)
-          for (int ix = 0; ix < d->W; ix++) dr[ix] += pr[ix];
-        else if (nblkw && iy < d->H - 1) /* overshoot: into the next row */
-          copy_blocks(dr, pr, nblkw);
-        else
-          memcpy(dr, pr, (size_t)d->W * sizeof *dr);
-      }
-    }
-  }
+/* Copies the n planes src + i*sstride (H x W each) into the interiors, at
+ * (pad, pad), of the zero-bordered planes dst + i*dplane of width Wd. */
+static void fill_interiors(float *restrict dst, size_t dplane, int Wd, int pad,
+                           const float *restrict src, size_t sstride, int n, int H, int W) {
+  for (int i = 0; i < n; i++)
+    for (int y = 0; y < H; y++)
+      nn_copy_floats(dst + i * dplane + (size_t)(y + pad) * Wd + pad,
+                     src + i * sstride + (size_t)y * W, (size_t)W);
 }
 
 /* y[o][j] += b[o] over columns [c0, c0+nc) of rows of length N. */
@@ -262,28 +95,11 @@ static void add_bias_grad(float *db, const float *dy, int O, size_t N, size_t c0
   for (int o = 0; o < O; o++) db[o] += sum_f(dy + (size_t)o * N + c0, nc);
 }
 
-/* ---- Direct path (stride 1, pad < k): no col matrix, no sgemm. ----------
- *
- * A register tile holds DT_P x DT_V sums. Its DT_V columns are channels
- * (two 8-float vectors), its DT_P rows either output pixels (forward, dx) or
- * weight rows (dW), and one step of its sum reads one vector of DT_V packed
- * values and broadcasts one scalar per row from a zero-padded plane, at
- * address row_base[j] + idx[i]. The broadcast operand is read in place, so
- * neither operand needs an im2col copy; the result comes out channel-minor
- * ([pixel][channel]) and is transposed into CNHW per block of pixels.
- *  forward: rows = output pixels, sum over (ci,kh,kw) of x-planes · W;
- *  dW:      rows = (ci,kh,kw),   sum over output pixels of x-planes · dy;
- *  dx:      rows = input pixels, sum over (o,kh,kw) of dy-planes (padded by
- *           k-1-pad) · W flipped, i.e. the transposed convolution. */
+/* ---- The direct path ---------------------------------------------------- */
+
 #define DT_P 6
 #define DT_V 16
 #define DT_BLOCK 48 /* pixels per transposed block; a multiple of DT_P */
-
-static size_t up_to(size_t n, size_t m) { return (n + m - 1) / m * m; }
-
-static int use_direct(const nn_layer *L) {
-  return L->spec.stride == 1 && L->spec.pad < L->spec.k && !is_pointwise(L);
-}
 
 /* c[j][0..DT_V) = c0[j*ld0 + 0..DT_V) + sum over i < n of a[j][idx[i]] *
  * v[i*ldv + 0..DT_V), for j < DT_P (c rows ldc apart): ld0 = 0 starts every
@@ -315,15 +131,26 @@ static void fma_tile(int n, const int32_t *restrict idx, const float *const a[DT
     for (int l = 0; l < DT_V; l++) c[j * ldc + l] = acc[j][l];
 }
 
-/* Float offsets into aux of the direct path's buffers (the int32 tables are
- * stored in float-sized slots). */
+/* The direct path's sizes, and its buffers as float offsets into aux (the
+ * int32 tables sit in float-sized slots). Channels are padded to whole
+ * DT_V groups with zero weights, tiles to whole DT_P rows with dummy rows
+ * (offset 0: they read valid memory and their sums are dropped). */
 typedef struct {
-  int Op, Cp;           /* O, C rounded up to DT_V */
-  int Kp, Kx;           /* K+1 rounded up to DT_P; rows of the dx sum, O*k*k */
-  int q, Hq, Wq;        /* dy padding k-1-pad and padded dy plane extent */
-  size_t pin, pdy;      /* padded x plane and padded dy plane floats */
-  size_t npo, npi;      /* output / input pixels rounded up to DT_P */
-  size_t wpk, dwt, xin, dyp, dyt, blk, row, offf, pixf, offb, pixb, total;
+  int Op, Cp;      /* O, C rounded up to DT_V */
+  int Kp, Kx;      /* dW rows: K weights + 1 bias, rounded up to DT_P; dx rows, O*k*k */
+  int q, Hq, Wq;   /* dy padding k-1-pad and the padded dy plane's extent */
+  size_t pin, pdy; /* floats of a padded x plane, of a padded dy plane */
+  size_t npo, npi; /* output / input pixels rounded up to DT_P */
+  size_t wpk;      /* packed weights: forward [Op/DT_V][K][DT_V], dx [Cp/DT_V][Kx][DT_V] */
+  size_t dwt;      /* dW and db sums [Kp][Op] */
+  size_t xin;      /* one sample's padded x planes [C][pin] ... */
+  size_t ones;     /* ... directly followed by a plane of ones (the bias row's input) */
+  size_t dyp;      /* one sample's padded dy planes [O][pdy] */
+  size_t dyt;      /* one sample's dy transposed, [ohw][Op] */
+  size_t blk;      /* a block's results [DT_BLOCK][max(Op, Cp)] */
+  size_t row;      /* the tiles' initial row: bias (forward) or zeros (dx) */
+  size_t offf, pixf, offb, pixb; /* tables: forward/dW rows and pixels, dx rows and pixels */
+  size_t total;
 } direct_ws;
 
 static direct_ws direct_layout(const conv_dims *d) {
@@ -339,7 +166,7 @@ static direct_ws direct_layout(const conv_dims *d) {
   w.wpk = n, n += nn_al16(wp > wb ? wp : wb);
   w.dwt = n, n += nn_al16((size_t)w.Kp * w.Op);
   w.xin = n, n += nn_al16((size_t)d->C * w.pin);
-  n += nn_al16(w.pin); /* a plane of ones right after xin: the bias row of dW */
+  w.ones = n, n += nn_al16(w.pin);
   w.dyp = n, n += nn_al16((size_t)d->O * w.pdy);
   w.dyt = n, n += nn_al16(d->ohw * w.Op);
   w.blk = n, n += nn_al16((size_t)DT_BLOCK * (w.Op > w.Cp ? w.Op : w.Cp));
@@ -354,17 +181,16 @@ static direct_ws direct_layout(const conv_dims *d) {
 
 static int32_t *ws_ints(const nn_layer *L, size_t off) { return (int32_t *)(L->aux + off); }
 
-/* off[r] = ci*pin + kh*Wp + kw over the K rows (ci,kh,kw), then the plane
- * of ones after the x planes (row K of dW sums dy: the bias gradient), 0 up
- * to Kp;
- * pix[p] = oy*Wp + ox over the output pixels, 0 up to npo. */
+/* Offsets from xin: off[r] = ci*pin + kh*Wp + kw over the K rows
+ * (ci,kh,kw), then the plane of ones (dW's row K sums dy: db); pix[p] =
+ * oy*Wp + ox over the output pixels. */
 static void fwd_tables(const conv_dims *d, const direct_ws *w, int32_t *off, int32_t *pix) {
   const int Wp = d->W + 2 * d->pad;
   int r = 0;
   for (int ci = 0; ci < d->C; ci++)
     for (int kh = 0; kh < d->k; kh++)
       for (int kw = 0; kw < d->k; kw++) off[r++] = (int32_t)(ci * w->pin + kh * Wp + kw);
-  off[r++] = (int32_t)nn_al16((size_t)d->C * w->pin);
+  off[r++] = (int32_t)(w->ones - w->xin);
   for (; r < w->Kp; r++) off[r] = 0;
   size_t p = 0;
   for (int oy = 0; oy < d->OH; oy++)
@@ -408,15 +234,6 @@ static void pack_w_bwd(const conv_dims *d, const direct_ws *w, const float *W, f
           dst[i] = ci < d->C ? W[((size_t)o * d->C + ci) * kk + (kk - 1 - t)] : 0.0f;
         }
       }
-}
-
-/* Copies the n planes src + i*sstride (H x W each) into the interiors, at
- * (pad, pad), of the zero-bordered planes dst + i*dplane of width Wd. */
-static void fill_interiors(float *restrict dst, size_t dplane, int Wd, int pad,
-                           const float *restrict src, size_t sstride, int n, int H, int W) {
-  for (int i = 0; i < n; i++)
-    for (int y = 0; y < H; y++)
-      nn_copy_floats(dst + i * dplane + (size_t)(y + pad) * Wd + pad, src + i * sstride + (size_t)y * W, W);
 }
 
 /* 8 floats as one vector value: GCC/clang vector extensions, which compile
@@ -549,7 +366,7 @@ static void direct_backward(nn_layer *L, const conv_dims *d, const float *x, con
   if (train) {
     fwd_tables(d, &w, ws_ints(L, w.offf), ws_ints(L, w.pixf));
     memset(L->aux + w.dwt, 0, (size_t)w.Kp * w.Op * sizeof *L->aux);
-    float *ones = L->aux + w.xin + nn_al16((size_t)d->C * w.pin);
+    float *ones = L->aux + w.ones;
     memset(L->aux + w.xin, 0, (size_t)d->C * w.pin * sizeof *L->aux);
     for (size_t i = 0; i < w.pin; i++) ones[i] = 1.0f;
     memset(L->aux + w.dyt, 0, d->ohw * w.Op * sizeof *L->aux);
@@ -571,6 +388,149 @@ static void direct_backward(nn_layer *L, const conv_dims *d, const float *x, con
   for (int o = 0; L->db && o < d->O; o++) L->db[o] += dwt[(size_t)d->K * w.Op + o];
 }
 
+/* ---- The im2col path ---------------------------------------------------- */
+
+/* Target floats of one chunk's col block: 256 KiB, a quarter of a 1 MiB L2,
+ * leaving room for sgemm's packed panels and the output block. Measured on
+ * the cnn preset's conv2 when it took this path (B=128, one thread): 2^16
+ * beat 2^17 by 5%, 2^20 was 20% slower and a whole-batch col ~70% slower. */
+#define CONV_CHUNK_FLOATS ((size_t)1 << 16)
+
+/* Samples per chunk at batch B (monotone in B, so a workspace bound at
+ * max_batch serves any smaller batch). */
+static int chunk_samples(const conv_dims *d, int B) {
+  size_t per = (size_t)d->K * d->ohw;
+  size_t nb = CONV_CHUNK_FLOATS / per;
+  if (nb < 1) nb = 1;
+  return nb < (size_t)B ? (int)nb : B;
+}
+
+/* aux = [col block of nb samples][nb zero-padded planes]; both grow with
+ * nb, so aux bound at max_batch fits any call's chunk. */
+static size_t col_floats(const conv_dims *d, int nb) {
+  return nn_al16((size_t)d->K * (size_t)nb * d->ohw);
+}
+
+static size_t im2col_aux_floats(const conv_dims *d, int B) {
+  const int nb = chunk_samples(d, B);
+  return col_floats(d, nb) + nn_al16((size_t)nb * plane_floats(d));
+}
+
+static float *pad_planes(const nn_layer *L, const conv_dims *d, int nb) {
+  return L->aux + col_floats(d, nb);
+}
+
+/* Outputs o in [*lo, *hi) read input o*s - pad + kk inside [0, n). */
+static void valid_range(int n, int nout, int s, int pad, int kk, int *lo, int *hi) {
+  int a = pad - kk, b = n - 1 + pad - kk;
+  int l = a > 0 ? (a + s - 1) / s : 0;
+  int h = b < 0 ? 0 : b / s + 1;
+  if (h > nout) h = nout;
+  if (l > h) l = h;
+  *lo = l;
+  *hi = h;
+}
+
+/* col[K][nb*ohw] for samples b0 .. b0+nb of x [C][B][H][W]. The samples'
+ * planes of one input channel are first copied into zero-padded planes, so
+ * a col row is a plain strided copy with no bounds tests. */
+static void im2col(const conv_dims *d, const float *x, int B, int b0, int nb,
+                   float *restrict col, float *restrict P) {
+  const int Wp = d->W + 2 * d->pad, OW = d->OW, OH = d->OH, s = d->s, k = d->k;
+  const size_t nc = (size_t)nb * d->ohw, pl = plane_floats(d);
+  memset(P, 0, (size_t)nb * pl * sizeof *P);
+  for (int ci = 0; ci < d->C; ci++) {
+    fill_interiors(P, pl, Wp, d->pad, x + ((size_t)ci * B + b0) * d->hw, d->hw, nb, d->H, d->W);
+    for (int kh = 0; kh < k; kh++)
+      for (int kw = 0; kw < k; kw++) {
+        float *dst = col + ((size_t)(ci * k + kh) * k + kw) * nc;
+        for (int bi = 0; bi < nb; bi++, dst += d->ohw) {
+          const float *src = P + bi * pl + (size_t)kh * Wp + kw;
+          for (int oy = 0; oy < OH; oy++) {
+            const float *restrict sr = src + (size_t)oy * s * Wp;
+            float *restrict dr = dst + (size_t)oy * OW;
+            for (int ox = 0; ox < OW; ox++) dr[ox] = sr[ox * s];
+          }
+        }
+      }
+  }
+}
+
+/* dx[C][B][H][W] (samples b0 .. b0+nb) = or += the col2im of dcol: a
+ * scatter-add straight into dx over each kernel offset's valid range. */
+static void col2im(const conv_dims *d, const float *restrict dcol, int B, int b0, int nb,
+                   float *restrict dx, int acc) {
+  const int OW = d->OW, s = d->s;
+  const size_t nc = (size_t)nb * d->ohw;
+  for (int ci = 0; ci < d->C; ci++) {
+    for (int bi = 0; bi < nb; bi++) {
+      float *dp = dx + ((size_t)ci * B + b0 + bi) * d->hw;
+      if (!acc) memset(dp, 0, d->hw * sizeof *dp);
+      for (int kh = 0; kh < d->k; kh++) {
+        int oy0, oy1;
+        valid_range(d->H, d->OH, s, d->pad, kh, &oy0, &oy1);
+        for (int kw = 0; kw < d->k; kw++) {
+          int ox0, ox1;
+          valid_range(d->W, OW, s, d->pad, kw, &ox0, &ox1);
+          const int len = ox1 - ox0, ix0 = ox0 * s - d->pad + kw;
+          const float *row = dcol + ((size_t)(ci * d->k + kh) * d->k + kw) * nc +
+                             (size_t)bi * d->ohw + ox0;
+          for (int oy = oy0; oy < oy1; oy++) {
+            float *restrict dr = dp + (size_t)(oy * s - d->pad + kh) * d->W + ix0;
+            const float *restrict rr = row + (size_t)oy * OW;
+            for (int j = 0; j < len; j++) dr[j * s] += rr[j];
+          }
+        }
+      }
+    }
+  }
+}
+
+static void im2col_forward(nn_layer *L, const conv_dims *d, const float *x, int B) {
+  const size_t N = (size_t)B * d->ohw;
+  const int nb = chunk_samples(d, B);
+  float *P = pad_planes(L, d, nb);
+  for (int b0 = 0; b0 < B; b0 += nb) {
+    const int n = nb < B - b0 ? nb : B - b0;
+    const size_t nc = (size_t)n * d->ohw, c0 = (size_t)b0 * d->ohw;
+    im2col(d, x, B, b0, n, L->aux, P);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, d->O, (int)nc, d->K, 1.0f, L->W, d->K,
+                L->aux, (int)nc, 0.0f, L->y + c0, (int)N);
+    if (L->b) add_bias(L->y, L->b, d->O, N, c0, nc);
+  }
+}
+
+static void im2col_backward(nn_layer *L, const conv_dims *d, const float *x, const float *dy,
+                            float *dx, int B, int acc_dx, int train) {
+  const size_t N = (size_t)B * d->ohw;
+  const int nb = chunk_samples(d, B);
+  float *P = pad_planes(L, d, nb);
+  for (int b0 = 0; b0 < B; b0 += nb) {
+    const int n = nb < B - b0 ? nb : B - b0;
+    const size_t nc = (size_t)n * d->ohw, c0 = (size_t)b0 * d->ohw;
+    if (train) {
+      im2col(d, x, B, b0, n, L->aux, P);
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, d->O, d->K, (int)nc, 1.0f, dy + c0,
+                  (int)N, L->aux, (int)nc, 1.0f, L->dW, d->K);
+      if (L->db) add_bias_grad(L->db, dy, d->O, N, c0, nc);
+    }
+    if (dx) {
+      /* dcol overwrites this chunk's col, which dW has already consumed. */
+      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, d->K, (int)nc, d->O, 1.0f, L->W, d->K,
+                  dy + c0, (int)N, 0.0f, L->aux, (int)nc);
+      col2im(d, L->aux, B, b0, n, dx, acc_dx);
+    }
+  }
+}
+
+/* ---- Entry points --------------------------------------------------------- */
+
+size_t nn_conv_aux_floats(const nn_layer *L, int B) {
+  if (is_pointwise(L)) return 0;
+  conv_dims d = dims_of(L);
+  return use_direct(L) ? direct_aux_floats(&d) : im2col_aux_floats(&d, B);
+}
+
 void nn_conv_forward(nn_layer *L, const float *x, int B) {
   conv_dims d = dims_of(L);
   const size_t N = (size_t)B * d.ohw;
@@ -578,21 +538,10 @@ void nn_conv_forward(nn_layer *L, const float *x, int B) {
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, d.O, (int)N, d.C, 1.0f, L->W, d.C, x,
                 (int)N, 0.0f, L->y, (int)N);
     if (L->b) add_bias(L->y, L->b, d.O, N, 0, N);
-    return;
-  }
-  if (use_direct(L)) {
+  } else if (use_direct(L)) {
     direct_forward(L, &d, x, B);
-    return;
-  }
-  const int nb = chunk_samples(&d, B);
-  float *P = pad_planes(L, &d, nb);
-  for (int b0 = 0; b0 < B; b0 += nb) {
-    const int n = nb < B - b0 ? nb : B - b0;
-    const size_t nc = (size_t)n * d.ohw, c0 = (size_t)b0 * d.ohw;
-    im2col(&d, x, B, b0, n, L->aux, P);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, d.O, (int)nc, d.K, 1.0f, L->W, d.K,
-                L->aux, (int)nc, 0.0f, L->y + c0, (int)N);
-    if (L->b) add_bias(L->y, L->b, d.O, N, c0, nc);
+  } else {
+    im2col_forward(L, &d, x, B);
   }
 }
 
@@ -610,28 +559,9 @@ void nn_conv_backward(nn_layer *L, const float *x, const float *dy, float *dx, i
     if (dx)
       cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, d.C, (int)N, d.O, 1.0f, L->W, d.C, dy,
                   (int)N, acc_dx ? 1.0f : 0.0f, dx, (int)N);
-    return;
-  }
-  if (use_direct(L)) {
+  } else if (use_direct(L)) {
     direct_backward(L, &d, x, dy, dx, B, acc_dx, train);
-    return;
-  }
-  const int nb = chunk_samples(&d, B);
-  float *P = pad_planes(L, &d, nb);
-  for (int b0 = 0; b0 < B; b0 += nb) {
-    const int n = nb < B - b0 ? nb : B - b0;
-    const size_t nc = (size_t)n * d.ohw, c0 = (size_t)b0 * d.ohw;
-    if (train) {
-      im2col(&d, x, B, b0, n, L->aux, P);
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, d.O, d.K, (int)nc, 1.0f, dy + c0,
-                  (int)N, L->aux, (int)nc, 1.0f, L->dW, d.K);
-      if (L->db) add_bias_grad(L->db, dy, d.O, N, c0, nc);
-    }
-    if (dx) {
-      /* dcol overwrites this chunk's col, which dW has already consumed. */
-      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, d.K, (int)nc, d.O, 1.0f, L->W, d.K,
-                  dy + c0, (int)N, 0.0f, L->aux, (int)nc);
-      col2im(&d, L->aux, B, b0, n, dx, acc_dx, P);
-    }
+  } else {
+    im2col_backward(L, &d, x, dy, dx, B, acc_dx, train);
   }
 }

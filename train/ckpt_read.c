@@ -402,14 +402,16 @@ static int read_all(int fd, const char *path, unsigned char *b, size_t n) {
 }
 
 /* A checkpoint file is never modified in place (writers rename a new file
- * over it), so mapping it is safe and saves copying every byte once. */
+ * over it), so mapping it is safe and saves copying every byte once. The
+ * mapping is private and writable only so that MPI may register it as a
+ * broadcast source; nothing writes to it. */
 static int read_fd(int fd, const char *path, unsigned char **buf, size_t *len, int *mapped) {
   struct stat st;
   CHECK_RT(fstat(fd, &st) == 0, "checkpoint %s: cannot stat: %s", path, strerror(errno));
   CHECK_RT(S_ISREG(st.st_mode), "checkpoint %s: not a regular file", path);
   size_t n = (size_t)st.st_size;
   if (n > 0) {
-    void *p = mmap(NULL, n, PROT_READ, MAP_PRIVATE, fd, 0);
+    void *p = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
     if (p != MAP_FAILED) {
       posix_madvise(p, n, POSIX_MADV_SEQUENTIAL);
       *buf = p;

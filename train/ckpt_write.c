@@ -110,8 +110,7 @@ static void meta_to_pb(header_msg *hm, const ckpt_meta *meta, const nn_optim *o)
   }
   h->optimizer = &hm->opt;
   ferry__provenance__init(&hm->prov);
-  int nd = meta->ndatasets < 0 ? 0 : meta->ndatasets > CKPT_MAX_DATASETS ? CKPT_MAX_DATASETS
-                                                                        : meta->ndatasets;
+  int nd = meta->ndatasets;
   for (int i = 0; i < nd; i++) {
     ferry__dataset_digest__init(&hm->ds[i]);
     hm->ds[i].name = (char *)meta->datasets[i].name;
@@ -165,6 +164,7 @@ typedef struct {
 
 static void put(sink *s, const void *p, size_t n) {
   if (s->err || n == 0) return;
+  errno = 0;
   if (fwrite(p, 1, n, s->fp) != n) s->err = errno ? errno : EIO;
   s->bytes += n;
 }
@@ -232,6 +232,7 @@ static int write_all(FILE *fp, const void *hdr, size_t hdr_len, const ckpt_tlist
   put_record(&s, CKPT_REC_HEADER, NULL, 0, hdr, hdr_len);
   put_tensors(&s, tl, m, o, chunk_elems);
   put_end(&s);
+  errno = 0;
   if (!s.err && fflush(fp) != 0) s.err = errno ? errno : EIO;
   if (!s.err && fsync(fileno(fp)) != 0) s.err = errno;
   return s.err;
@@ -269,6 +270,7 @@ static int publish(const char *path, const char *tmp, const void *hdr, size_t hd
     FERRY_FAIL(FERRY_ERUNTIME, "checkpoint %s: cannot open %s: %s", path, tmp, strerror(e));
   }
   int err = write_all(fp, hdr, hdr_len, tl, m, o, chunk_elems);
+  errno = 0;
   if (fclose(fp) != 0 && !err) err = errno ? errno : EIO;
   if (!err && rename(tmp, path) != 0) err = errno;
   if (err) {
@@ -291,6 +293,13 @@ int ckpt_write(const char *path, const nn_model *m, const nn_optim *o, const ckp
                path, o->n, m->nparams);
     CHECK_USER(o->cfg.kind != NN_OPT_ADAMW || o->v, "checkpoint %s: adamw optimizer without second-moment state", path);
   }
+  CHECK_USER(meta->ndatasets >= 0 && meta->ndatasets <= CKPT_MAX_DATASETS,
+             "checkpoint %s: %d datasets in the provenance, expected 0 to %d", path, meta->ndatasets,
+             CKPT_MAX_DATASETS);
+  for (int i = 0; i < meta->ndatasets; i++)
+    CHECK_USER(memchr(meta->datasets[i].name, 0, sizeof meta->datasets[i].name) != NULL,
+               "checkpoint %s: dataset name %d is not terminated within %d bytes", path, i,
+               CKPT_DATASET_NAME_MAX);
   CHECK_USER(m->spec.init >= 0 && m->spec.init < NN_INIT_COUNT,
              "checkpoint %s: model init scheme %d is unknown", path, m->spec.init);
   uint64_t chunk_elems = (chunk_bytes ? chunk_bytes : CKPT_DEFAULT_CHUNK_BYTES) / sizeof(float);

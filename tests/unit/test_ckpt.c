@@ -689,6 +689,13 @@ static void test_write_failures(void) {
   CHECK(ckpt_write(path, a, NULL, NULL, 0) == FERRY_ERUNTIME && strstr(ferry_err_msg(), path) &&
         strstr(ferry_err_msg(), "No such file"));
   ferry_err_clear();
+  /* Bad metadata is a user error, and nothing is created. */
+  ckpt_meta bad;
+  sample_meta(&bad);
+  bad.ndatasets = CKPT_MAX_DATASETS + 1;
+  path_in(path, sizeof path, "meta.ferry");
+  CHECK(ckpt_write(path, a, NULL, &bad, 0) == FERRY_EUSER && strstr(ferry_err_msg(), "datasets") && !exists(path));
+  ferry_err_clear();
   /* A directory we may not write to (root ignores mode bits: drop to nobody). */
   char ro[256];
   path_in(ro, sizeof ro, "readonly");
