@@ -130,6 +130,11 @@ MPI+=(-x OPENBLAS_NUM_THREADS -x OMP_NUM_THREADS -x OMPI_MCA_mpi_yield_when_idle
 
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 T_START=$(date +%s)
+# First attempts still to run (for the retry budget) and their time so far.
+N_ARMS=6; [ "$TORCH" = 0 ] && N_ARMS=5
+TOTAL_RUNS=0
+for m in $MODELS; do TOTAL_RUNS=$(( TOTAL_RUNS + PAIRS * N_ARMS + 3 * MEM )); done
+DONE_RUNS=0 MAND_S=0
 RECORDS=$WORK/records.jsonl ATTEMPTS=$WORK/attempts.jsonl
 : >"$RECORDS"; : >"$ATTEMPTS"
 
@@ -184,12 +189,15 @@ run_arm() {
     fi
     meta=$(printf '{"id":"%s","model":"%s","arm":"%s","pair":%d,"n":%d,"steps":%d,"system":"%s","deterministic":%s,"attempt":%d,"quiet_wait_busy_cores":%s}' \
            "$id" "$model" "$arm" "$pair" "$n" "$steps" "$system" "$det" "$attempt" "${QUIET_BUSY:-null}")
+    local t0=$(date +%s) t_run
     if ! rec=$(cd "$ROOT" && "$PYTHON" "$HELPER" run "$dir" "$meta" -- "${cmd[@]}"); then
       log "$id FAILED: $(cat "$dir/cmd" 2>/dev/null)"
       tail -n 15 "$dir/stderr" >&2 2>/dev/null || true
       exit 1
     fi
     echo "$rec" >>"$ATTEMPTS"
+    t_run=$(( $(date +%s) - t0 ))
+    if [ "$attempt" = 1 ]; then DONE_RUNS=$((DONE_RUNS + 1)) MAND_S=$((MAND_S + t_run)); fi
     noise=$(printf '%s' "$rec" | "$PYTHON" -c 'import json,sys; print(json.load(sys.stdin)["other_cpu_cores"] or 0)')
     if [ -z "$best_rec" ] || awk -v a="$noise" -v b="$best_noise" 'BEGIN { exit !(a < b) }'; then
       best_rec=$rec best_noise=$noise
@@ -197,8 +205,13 @@ run_arm() {
     awk -v a="$best_noise" -v b="$QUIET_THR" 'BEGIN { exit !(a > b) }' || break
     [ "$attempt" -gt "$RUN_RETRIES" ] && break
     [[ $arm == mem_* ]] && break  # peak RSS does not depend on the load
-    if (( $(date +%s) - T_START + WAIT_QUIET > BUDGET )); then
-      log "  $id disturbed ($noise cores), over the ${BUDGET}s budget: not repeated"; break
+    # Repeat only if the remaining first attempts (at the mean duration so
+    # far) still fit in the budget after this repetition.
+    local now=$(( $(date +%s) - T_START ))
+    local rest=$(( (TOTAL_RUNS - DONE_RUNS) * MAND_S / (DONE_RUNS > 0 ? DONE_RUNS : 1) ))
+    if (( now + WAIT_QUIET + t_run + rest > BUDGET )); then
+      log "  $id disturbed (others used $noise cores); no time to repeat it (${now}s elapsed, ~${rest}s of runs left, budget ${BUDGET}s)"
+      break
     fi
     log "  $id disturbed (others used $noise cores): repeating"
     wait_quiet

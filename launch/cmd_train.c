@@ -197,11 +197,12 @@ static int write_summary(const char *dir, const exp_experiment *e, const train_s
   fprintf(f,
           ",\n  \"steps\": %lld,\n  \"epochs\": %d,\n  \"n_train\": %lld,\n  \"n_val\": %lld,\n"
           "  \"n_test\": %lld,\n  \"nparams\": %zu,\n  \"world_size\": %d,\n"
-          "  \"param_hash\": \"%016llx\",\n  \"experiment_hash\": \"%016llx\",\n"
+          "  \"param_hash\": \"%016llx\",\n  \"trunk_hash\": \"%016llx\",\n"
+          "  \"experiment_hash\": \"%016llx\",\n"
           "  \"ferry_version\": \"%s\"\n}\n",
           (long long)s->steps, s->epochs, (long long)s->n_train, (long long)s->n_val,
           (long long)s->n_test, s->nparams, s->world, (unsigned long long)s->param_hash,
-          (unsigned long long)e->text_hash, FERRY_VERSION);
+          (unsigned long long)s->trunk_hash, (unsigned long long)e->text_hash, FERRY_VERSION);
   int bad = ferror(f);
   bad |= fclose(f);
   CHECK_RT(!bad && rename(tmp, path) == 0, "cannot write %s", path);
@@ -258,6 +259,7 @@ static int prepare_out(const char *dir, int append, presenter *pr) {
 
 typedef struct {
   presenter job;       /* the running job's files (no console lines) */
+  const exp_experiment *je; /* the running job */
   FILE *results;       /* RUN_DIR/results.jsonl */
   double t0;
   int done, failed;
@@ -272,7 +274,7 @@ static double wall_now(void) {
 static void on_job_start(void *ctx, int i, int n, const transfer_result *r,
                          const exp_experiment *je) {
   pipeline *pl = ctx;
-  (void)je;
+  pl->je = je;
   memset(&pl->job, 0, sizeof pl->job);
   pl->job.quiet = 1;
   char path[EXP_PATH_MAX + 32];
@@ -291,6 +293,7 @@ static void on_job_done(void *ctx, int i, int n, const transfer_result *r) {
   pl->job.metrics = NULL;
   pl->done++;
   pl->failed += !r->ok;
+  if (r->ok && write_summary(r->dir, pl->je, &r->sum)) ferry_err_clear();
   double el = wall_now() - pl->t0, eta = el / pl->done * (n - i - 1);
   char etab[32];
   io_fmt_duration(etab, sizeof etab, eta);

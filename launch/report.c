@@ -245,6 +245,7 @@ static int read_results(report *r) {
                          lineno, strlen(buf) + 1);
       break;
     }
+    if (!unterminated) buf[--len] = '\0'; /* so a string left open reads as such */
     if (blank(buf, len)) continue;
     if ((rc = read_line(r, &cap, buf, len, lineno, unterminated))) break;
   }

@@ -293,15 +293,13 @@ static void transpose_into(float *restrict d, size_t ld, const float *restrict s
 static void block_tiles(const float *planes, const int32_t *pix, int np, int nrows,
                         const int32_t *off, const float *wpk, int groups, const float *init,
                         float *blk, int ld) {
-  /* groups outer: one group's packed weights (nrows x DT_V) stay in L1
-   * across the block's tiles */
-  for (int h = 0; h < groups; h++)
-    for (int t = 0; t < np; t += DT_P) {
-      const float *a[DT_P];
-      for (int j = 0; j < DT_P; j++) a[j] = planes + pix[t + j];
+  for (int t = 0; t < np; t += DT_P) {
+    const float *a[DT_P];
+    for (int j = 0; j < DT_P; j++) a[j] = planes + pix[t + j];
+    for (int h = 0; h < groups; h++)
       fma_tile(nrows, off, a, wpk + (size_t)h * nrows * DT_V, DT_V, init + h * DT_V, 0,
                blk + (size_t)t * ld + h * DT_V, (size_t)ld);
-    }
+  }
 }
 
 static size_t direct_aux_floats(const conv_dims *d) { return direct_layout(d).total; }

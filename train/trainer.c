@@ -766,6 +766,10 @@ static int run(trainer *t, train_summary *out) {
   out->nparams = t->m->nparams;
   out->world = c->size;
   out->param_hash = nn_hash_bytes(t->m->params, t->m->nparams * sizeof(float));
+  size_t trunk_end = 0; /* trunk groups come first in the slab */
+  for (int g = 0; g < t->m->ngroups; g++)
+    if (t->m->groups[g].stack < 0) trunk_end = t->m->groups[g].off + t->m->groups[g].len;
+  out->trunk_hash = nn_hash_bytes(t->m->params, trunk_end * sizeof(float));
   out->skipped_steps = t->skipped;
   if (t->sync) dist_grad_sync_stats(t->sync, &out->sync_wait_s, NULL, NULL);
   struct rusage ru;

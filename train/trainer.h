@@ -51,6 +51,7 @@ typedef struct {
   double rss_mb[64];         /* peak RSS of each rank (first 64 ranks) */
   double sync_wait_s;        /* time blocked waiting for gradient sync */
   int64_t skipped_steps;     /* steps skipped by the nan: skip policy */
+  uint64_t trunk_hash;       /* nn_hash_bytes over the trunk's parameter bytes */
   double feature_cache_speedup; /* feature-extract: step time with the trunk / cached */
   int setup_failed;          /* the failure is known to every rank (set-up, a
                                 non-finite step, a checksum mismatch): all ranks

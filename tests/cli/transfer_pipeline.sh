@@ -1,0 +1,50 @@
+# The transfer pipeline as a user runs it (small): pre-train, transfer jobs,
+# results.jsonl, report. Freezing really freezes (feature-extract keeps the
+# pre-trained trunk bit for bit; finetune changes it); a broken target is
+# recorded as failed while the others finish; a rerun with --resume skips
+# finished jobs.
+. "$(dirname "$0")/lib.bash"
+D=/usr/share/datasets/fashion-mnist
+src() { echo "{format: idx, images: $D/$1-images-idx3-ubyte.gz, labels: $D/$1-labels-idx1-ubyte.gz, limit: $2}"; }
+cat > "$TMP/exp.yaml" <<YAML
+name: small-transfer
+seed: 0
+data:
+  train: $(src train 4000)
+  test: $(src t10k 1000)
+  classes: [0, 1, 2, 3, 4]
+  transforms: [{normalize: {mean: 0.2860, std: 0.3530}}]
+model: {preset: mlp}
+train: {epochs: 1, batch: 64, optimizer: {name: sgd, lr: 0.05, momentum: 0.9}}
+transfer:
+  targets:
+    - name: t59
+      data: {train: $(src train 4000), test: $(src t10k 1000), classes: [5, 6, 7, 8, 9], val_frac: 0.1,
+             transforms: [{normalize: {mean: 0.2860, std: 0.3530}}]}
+    - name: broken
+      data: {train: {format: idx, images: $TMP/missing.gz, labels: $TMP/missing.gz}, test: $(src t10k 1000),
+             classes: [5, 6, 7, 8, 9]}
+  strategies: [scratch, feature-extract, finetune]
+  k: [20]
+  seeds: [0, 1]
+  steps: 60
+  batch: 32
+  optimizer: {name: sgd, lr: 0.01, momentum: 0.9}
+  finetune: {eval_every: 20, l2sp: 0.01}
+YAML
+expect 0 "report: " -- "$FERRY" train "$TMP/exp.yaml" --out "$TMP/run" --progress plain
+R=$TMP/run
+[ "$(grep -c '"status": "ok"' "$R/results.jsonl")" = 6 ] && ok || bad "want 6 finished jobs: $(cat "$R/results.jsonl")"
+[ "$(grep -c '"status": "failed"' "$R/results.jsonl")" = 6 ] && ok || bad "want 6 failed (broken target) jobs"
+grep -q 'missing.gz' "$R/results.jsonl" && ok || bad "failure reason does not name the file"
+[ -s "$R/report.md" ] && [ -s "$R/report.json" ] && ok || bad "no report"
+th() { grep -o '"trunk_hash": "[0-9a-f]*"' "$1/summary.json"; }
+pre=$(th "$R/pretrain")
+fe=$(th "$R/jobs/t59.feature-extract.k20.s0")
+ft=$(th "$R/jobs/t59.finetune.k20.s0")
+[ -n "$pre" ] && [ "$pre" = "$fe" ] && ok || bad "feature-extract changed the frozen trunk: $pre vs $fe"
+[ -n "$ft" ] && [ "$ft" != "$pre" ] && ok || bad "finetune did not change the trunk"
+grep -q '"feature_cache_speedup"' "$R/results.jsonl" && ok || bad "no feature-cache speed-up measured"
+# Rerun: finished jobs are skipped, only the failed ones are tried again.
+expect 0 "6 jobs already finished" -- "$FERRY" train "$TMP/exp.yaml" --out "$R" --progress plain --resume
+finish
