@@ -4,7 +4,7 @@
 set -euo pipefail
 pkgs=(build-essential cmake pkg-config openmpi-bin libopenmpi-dev libscalapack-openmpi-dev
       libopenblas-dev libprotobuf-c-dev protobuf-c-compiler zlib1g-dev libyaml-dev
-      dataset-fashion-mnist "$@")
+      dataset-fashion-mnist gnuplot-nox "$@")
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -237,37 +237,43 @@ static void pack_w_bwd(const conv_dims *d, const direct_ws *w, const float *W, f
 }
 
 /* 8 floats as one vector value: GCC/clang vector extensions, which compile
- * on any target (AVX here, SSE pairs or scalars elsewhere). Values of this
- * type never cross a function boundary (that would change the ABI between
- * AVX and non-AVX builds), and memcpy does the unaligned loads and stores. */
+ * on any target (AVX here, SSE pairs or scalars elsewhere). v8f is a value,
+ * v8u the type to load and store it through at any float address. Values
+ * of these types never cross a function boundary (that would change the ABI
+ * between AVX and non-AVX builds). */
 typedef float v8f __attribute__((vector_size(32)));
+typedef float v8u __attribute__((vector_size(32), aligned(4), may_alias));
 
 /* Transposes the 8x8 block at s (rows ls apart) into d (rows ld apart), or
- * adds its transpose: unpack, 2-float shuffle, then 4-float halves. */
+ * adds its transpose: unpack, 2-float shuffle, then 4-float halves. The
+ * unroll pragmas keep the 8 rows in registers. */
 static void transpose8(float *restrict d, size_t ld, const float *restrict s, size_t ls, int acc) {
   v8f r[8], t[8], u[8], o[8];
-  for (int i = 0; i < 8; i++) memcpy(&r[i], s + i * ls, sizeof r[i]);
+#pragma GCC unroll 8
+  for (int i = 0; i < 8; i++) r[i] = *(const v8u *)(s + i * ls);
+#pragma GCC unroll 4
   for (int i = 0; i < 8; i += 2) {
     t[i] = __builtin_shufflevector(r[i], r[i + 1], 0, 8, 1, 9, 4, 12, 5, 13);
     t[i + 1] = __builtin_shufflevector(r[i], r[i + 1], 2, 10, 3, 11, 6, 14, 7, 15);
   }
+#pragma GCC unroll 2
   for (int i = 0; i < 8; i += 4)
+#pragma GCC unroll 2
     for (int j = 0; j < 2; j++) {
       u[i + j] = __builtin_shufflevector(t[i + j], t[i + j + 2], 0, 1, 8, 9, 4, 5, 12, 13);
       u[i + j + 2] = __builtin_shufflevector(t[i + j], t[i + j + 2], 2, 3, 10, 11, 6, 7, 14, 15);
     }
   /* u[0..3] hold columns (0,4) (2,6) (1,5) (3,7) of rows 0-3, u[4..7] of rows 4-7 */
   static const int col[4] = {0, 2, 1, 3};
+#pragma GCC unroll 4
   for (int i = 0; i < 4; i++) {
     o[col[i]] = __builtin_shufflevector(u[i], u[i + 4], 0, 1, 2, 3, 8, 9, 10, 11);
     o[col[i] + 4] = __builtin_shufflevector(u[i], u[i + 4], 4, 5, 6, 7, 12, 13, 14, 15);
   }
+#pragma GCC unroll 8
   for (int i = 0; i < 8; i++) {
-    if (acc) {
-      memcpy(&t[i], d + i * ld, sizeof t[i]);
-      o[i] += t[i];
-    }
-    memcpy(d + i * ld, &o[i], sizeof o[i]);
+    v8u *dr = (v8u *)(d + i * ld);
+    *dr = acc ? *dr + o[i] : o[i];
   }
 }
 
