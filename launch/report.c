@@ -202,6 +202,7 @@ static int read_line(report *r, int *cap, char *buf, size_t len, int lineno, int
     *cap = nc;
   }
   report_job *j = &r->jobs[r->njobs];
+  memset(j, 0, sizeof *j);
   if (!rc) rc = report_job_from_json(j, &o, r->results_path, lineno);
   report_jobj_free(&o);
   if (rc) {
@@ -249,7 +250,7 @@ static int read_results(report *r) {
     if (blank(buf, len)) continue;
     if ((rc = read_line(r, &cap, buf, len, lineno, unterminated))) break;
   }
-  int rerr = !rc && ferror(f) ? errno : 0;
+  int rerr = !rc && ferror(f) ? (errno ? errno : EIO) : 0;
   free(buf);
   fclose(f);
   CHECK_CALL(rc);
@@ -396,7 +397,7 @@ static void compare_rows(report *r) {
 }
 
 static int aggregate(report *r) {
-  qsort(r->jobs, (size_t)r->njobs, sizeof *r->jobs, cmp_job);
+  if (r->njobs) qsort(r->jobs, (size_t)r->njobs, sizeof *r->jobs, cmp_job);
   drop_superseded(r);
   r->rows = calloc((size_t)r->njobs + 1, sizeof *r->rows);
   CHECK_ALLOC(r->rows, ((size_t)r->njobs + 1) * sizeof *r->rows);
@@ -614,15 +615,36 @@ static void write_md(const report *r, FILE *f) {
   }
 }
 
+/* Columns on a terminal: UTF-8 continuation bytes take no column. */
+static int text_width(const char *s) {
+  int w = 0;
+  for (; *s; s++) w += ((unsigned char)*s & 0xc0) != 0x80;
+  return w;
+}
+
+/* s padded with spaces to width columns, on the right (left != 0) or left. */
+static void put_cell(FILE *f, const char *s, int width, int left) {
+  int pad = width - text_width(s);
+  if (!left)
+    for (; pad > 0; pad--) fputc(' ', f);
+  fputs(s, f);
+  if (left)
+    for (; pad > 0; pad--) fputc(' ', f);
+}
+
 void report_print_table(const report *r, FILE *f) {
   int tw = 6, sw = 8;
   for (int i = 0; i < r->nrows; i++) {
-    int a = (int)strlen(r->rows[i].target), b = (int)strlen(r->rows[i].strategy);
+    int a = text_width(r->rows[i].target), b = text_width(r->rows[i].strategy);
     tw = a > tw ? a : tw;
     sw = b > sw ? b : sw;
   }
-  fprintf(f, "%-*s  %5s  %-*s  %4s  %4s  %15s  %8s  %16s\n", tw, "target", "K", sw, "strategy", "ok",
-          "fail", "test acc %", "wall s", "gain pts ± SE");
+  put_cell(f, "target", tw, 1);
+  fprintf(f, "  %5s  ", "K");
+  put_cell(f, "strategy", sw, 1);
+  fprintf(f, "  %4s  %4s  %15s  %8s  ", "ok", "fail", "test acc %", "wall s");
+  put_cell(f, "gain pts ± SE", 16, 0);
+  fputc('\n', f);
   for (int i = 0; i < r->nrows; i++) {
     const report_row *w = &r->rows[i];
     char k[16], acc[64], gain[64], wall[32];
@@ -630,11 +652,14 @@ void report_print_table(const report *r, FILE *f) {
     fmt_acc(acc, sizeof acc, w);
     fmt_gain(gain, sizeof gain, w);
     fmt_secs(wall, sizeof wall, w->wall_mean);
-    /* "±" is two bytes but one column: pad by one more where it appears. */
-    int accw = 15 + (strstr(acc, "±") != NULL), gainw = 16 + (strstr(gain, "±") != NULL);
-    fprintf(f, "%-*s  %5s  %-*s  %4d  %4d  %*s  %8s  %*s%s\n", tw, w->target, k, sw, w->strategy,
-            w->n_ok, w->n_failed, accw, acc, wall, gainw, gain,
-            w->has_cmp && w->cmp.negative ? "  NEGATIVE TRANSFER" : "");
+    put_cell(f, w->target, tw, 1);
+    fprintf(f, "  %5s  ", k);
+    put_cell(f, w->strategy, sw, 1);
+    fprintf(f, "  %4d  %4d  ", w->n_ok, w->n_failed);
+    put_cell(f, acc, 15, 0);
+    fprintf(f, "  %8s  ", wall);
+    put_cell(f, gain, 16, 0);
+    fputs(w->has_cmp && w->cmp.negative ? "  NEGATIVE TRANSFER\n" : "\n", f);
   }
   if (r->nfailed) {
     fprintf(f, "\nfailed jobs:\n");

@@ -1,12 +1,13 @@
 /* Plots of the transfer report, drawn by gnuplot: ferry writes
- * RUN_DIR/plots/report.gp and one .dat file per figure, then runs
- * `gnuplot report.gp` in that directory (fork + exec, no shell: no path is
- * ever pasted into a command line). Figures: test accuracy vs K per target
+ * RUN_DIR/plots/report.gp and one .dat file per figure, then runs gnuplot
+ * on it with posix_spawn (no shell; no path is ever pasted into a command
+ * line or into the script). Figures: test accuracy vs K per target
  * (one line per strategy, error bars = std over seeds) and validation
  * accuracy vs step per target x K (mean over seeds). */
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
+#include <spawn.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -113,7 +114,8 @@ static int close_checked(FILE *f, const char *path) {
 /* The common head of report.gp: PNG terminal (cairo when this gnuplot has
  * it), UTF-8, grid. */
 static void gp_head(FILE *gp) {
-  fputs("# Written by `ferry report`; run `gnuplot report.gp` in this directory to redraw.\n"
+  fputs("# Written by `ferry report`; redraw with `gnuplot -c report.gp .` (ARG1: this directory).\n"
+        "cd ARG1\n"
         "set encoding utf8\n"
         "if (strstrt(GPVAL_TERMINALS, 'pngcairo') > 0) {\n"
         "  set terminal pngcairo size 960,600 font 'sans,11' linewidth 1.5\n"
@@ -307,11 +309,16 @@ static int plot_curves(report *r, int first, int end, const char *dir, const cha
   snprintf(png, sizeof png, "curves-%s-k%s.png", tname, klab);
   FILE *f = open_in(dir, dat, path, sizeof path);
   CHECK_RT(f, "cannot create %s: %s", path, strerror(errno));
+  /* The plot command grows in memory: it is written only if a line has data. */
+  char *plotcmd = NULL;
+  size_t plotlen = 0;
+  FILE *pc = open_memstream(&plotcmd, &plotlen);
+  if (!pc) {
+    fclose(f);
+    FERRY_FAIL(FERRY_ERUNTIME, "out of memory building the plot command of %s", path);
+  }
   curve_pt *pts = NULL;
   int cap = 0, nblocks = 0, rc = 0;
-  char plotcmd[8192];
-  size_t pw = 0;
-  plotcmd[0] = '\0';
   for (int i = first; i < end && !rc; i++) {
     const report_row *w = &r->rows[i];
     int n = 0, nseeds = 0;
@@ -326,7 +333,8 @@ static int plot_curves(report *r, int first, int end, const char *dir, const cha
     }
     if (rc || !n) continue;
     qsort(pts, (size_t)n, sizeof *pts, cmp_pt);
-    fprintf(f, "# strategy %s (%d seed(s)): step, mean val_acc %%, seeds at this step\n", w->strategy, nseeds);
+    fprintf(f, "# strategy %s (%d seed(s)): step, mean val_acc %%, seeds at this step\n", w->strategy,
+            nseeds);
     for (int a = 0; a < n;) {
       int b = a;
       double s = 0;
@@ -335,26 +343,24 @@ static int plot_curves(report *r, int first, int end, const char *dir, const cha
       a = b;
     }
     fputs("\n\n", f);
-    /* The title is quoted into a buffer with the same rules as gp_quote. */
-    char style[64];
+    char style[64], title[512];
     line_style(r, w->strategy, style, sizeof style);
-    pw += (size_t)snprintf(plotcmd + pw, sizeof plotcmd - pw, "%s '%s' index %d using 1:2 with lines %s title '",
-                           nblocks ? ", \\\n    " : "", dat, nblocks, style);
-    for (const char *s = w->strategy; *s && pw + 4 < sizeof plotcmd; s++) {
-      if (*s == '\'') plotcmd[pw++] = '\'';
-      plotcmd[pw++] = (unsigned char)*s < 0x20 ? ' ' : *s;
-    }
-    if (pw < sizeof plotcmd)
-      pw += (size_t)snprintf(plotcmd + pw, sizeof plotcmd - pw, " (%d seed%s)' noenhanced", nseeds,
-                             nseeds == 1 ? "" : "s");
+    snprintf(title, sizeof title, "%s (%d seed%s)", w->strategy, nseeds, nseeds == 1 ? "" : "s");
+    fprintf(pc, "%s '%s' index %d using 1:2 with lines %s title ", nblocks ? ", \\\n    " : "", dat,
+            nblocks, style);
+    gp_quote(pc, title);
+    fputs(" noenhanced", pc);
     nblocks++;
   }
   free(pts);
-  CHECK_CALL(close_checked(f, path));
-  CHECK_CALL(rc);
-  CHECK_RT(pw < sizeof plotcmd, "too many strategies for one learning-curve plot of %s", w0->target);
-  if (!nblocks) {
-    unlink(path);
+  int pcbad = fclose(pc) != 0;
+  int frc = close_checked(f, path);
+  if (rc || frc || pcbad || !nblocks) {
+    free(plotcmd);
+    CHECK_CALL(rc);
+    CHECK_CALL(frc);
+    CHECK_RT(!pcbad, "out of memory building the plot command of %s", path);
+    unlink(path); /* no curve data for this target and K */
     return 0;
   }
   fprintf(gp, "\nset output '%s'\nset title ", png);
@@ -362,6 +368,7 @@ static int plot_curves(report *r, int first, int end, const char *dir, const cha
   fprintf(gp, " . ', K = %s: validation accuracy during training (mean over seeds)' noenhanced\n"
           "set xlabel 'step'\nset ylabel 'validation accuracy (%%)'\nset xtics autofreq\n"
           "set autoscale x\nset autoscale y\nplot%s\n", klab, plotcmd);
+  free(plotcmd);
   char caption[512];
   snprintf(caption, sizeof caption, "%s, K = %s: validation accuracy vs step", w0->target, klab);
   return add_pending(pending, png, caption, w0->target);
@@ -404,25 +411,44 @@ static int write_script(report *r, const char *dir, figure_list *pending) {
   return 0;
 }
 
-/* Runs `gnuplot report.gp` with dir as its working directory, stdin from
- * /dev/null and both outputs into gnuplot.log. Returns the exit status, or
- * -1 when it could not be started (errno set). */
-static int run_gnuplot(const char *gnuplot, const char *dir) {
-  char *const argv[] = {(char *)"gnuplot", (char *)"report.gp", NULL};
-  pid_t pid = fork();
-  if (pid < 0) return -1;
-  if (pid == 0) {
-    /* Only async-signal-safe calls between fork and exec. */
-    if (chdir(dir) != 0) _exit(126);
-    int in = open("/dev/null", O_RDONLY);
-    int log = open("gnuplot.log", O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (in < 0 || log < 0 || dup2(in, 0) < 0 || dup2(log, 1) < 0 || dup2(log, 2) < 0) _exit(126);
-    execv(gnuplot, argv);
-    _exit(127);
+/* Runs `gnuplot -c DIR/report.gp DIR` (the script starts with `cd ARG1`, so
+ * the path reaches gnuplot as a string value, never as code), with stdin
+ * from /dev/null and both outputs into DIR/gnuplot.log. posix_spawn, not
+ * fork: under MPI a fork of the rank-0 process can upset the interconnect.
+ * Returns the exit status, or -1 with *err set when it could not start. */
+static int run_gnuplot(const char *gnuplot, const char *dir, int *err) {
+  size_t n = strlen(dir) + 16;
+  char *script = malloc(n), *log = malloc(n);
+  posix_spawn_file_actions_t fa;
+  int rc = script && log ? posix_spawn_file_actions_init(&fa) : ENOMEM;
+  if (rc) {
+    free(script);
+    free(log);
+    *err = rc;
+    return -1;
+  }
+  snprintf(script, n, "%s/report.gp", dir);
+  snprintf(log, n, "%s/gnuplot.log", dir);
+  rc = posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+  if (!rc) rc = posix_spawn_file_actions_addopen(&fa, 1, log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  if (!rc) rc = posix_spawn_file_actions_adddup2(&fa, 1, 2);
+  char *const argv[] = {(char *)"gnuplot", (char *)"-c", script, (char *)dir, NULL};
+  extern char **environ;
+  pid_t pid;
+  if (!rc) rc = posix_spawn(&pid, gnuplot, &fa, NULL, argv, environ);
+  posix_spawn_file_actions_destroy(&fa);
+  free(script);
+  free(log);
+  if (rc) {
+    *err = rc;
+    return -1;
   }
   int st;
   while (waitpid(pid, &st, 0) < 0)
-    if (errno != EINTR) return -1;
+    if (errno != EINTR) {
+      *err = errno;
+      return -1;
+    }
   if (WIFEXITED(st)) return WEXITSTATUS(st);
   return 128 + (WIFSIGNALED(st) ? WTERMSIG(st) : 0);
 }
@@ -449,13 +475,14 @@ int report_plot(report *r) {
     free_pending(&pending);
     CHECK_CALL(rc);
   }
-  int st = run_gnuplot(gnuplot, dir);
+  int err = 0, st = run_gnuplot(gnuplot, dir, &err);
   free(dir);
   if (st != 0) {
     free_pending(&pending);
     r->plots_state = REPORT_PLOTS_FAILED;
-    if (st < 0) return report_add_note(r, "no plots: cannot run %s: %s", gnuplot, strerror(errno));
-    return report_add_note(r, "no plots: gnuplot exited with status %d; its messages are in plots/gnuplot.log", st);
+    if (st < 0) return report_add_note(r, "no plots: cannot run %s: %s", gnuplot, strerror(err));
+    return report_add_note(r, "no plots: gnuplot exited with status %d; its messages are in "
+                           "plots/gnuplot.log", st);
   }
   /* Keep the figures gnuplot actually wrote. */
   for (int i = 0; i < pending.n; i++) {

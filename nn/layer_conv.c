@@ -273,7 +273,8 @@ static void transpose8(float *restrict d, size_t ld, const float *restrict s, si
 #pragma GCC unroll 8
   for (int i = 0; i < 8; i++) {
     v8u *dr = (v8u *)(d + i * ld);
-    *dr = acc ? *dr + o[i] : o[i];
+    if (acc) o[i] += *dr;
+    *dr = o[i];
   }
 }
 

@@ -393,7 +393,8 @@ static void test_unknown_and_extra(void) {
   ferry_err_clear();
   r = load_text(
       "{\"job\": \"j0\", \"target\": \"t\", \"strategy\": \"feature-extract\", \"k\": 0, \"seed\": 0, "
-      "\"status\": \"ok\", \"test_acc\": 1, \"new_field\": \"x\", \"extra\": {\"speedup\": 4, \"note\": \"n\", "
+      "\"status\": \"ok\", \"test_acc\": 1, \"new_field\": \"x\", "
+      "\"extra\": {\"speedup\": 4, \"note\": \"n\", "
       "\"cached\": true}}\n"
       "{\"job\": \"j1\", \"target\": \"t\", \"strategy\": \"feature-extract\", \"k\": 0, \"seed\": 1, "
       "\"status\": \"ok\", \"test_acc\": 0, \"extra\": {\"speedup\": 6}}\n");
