@@ -1,4 +1,5 @@
 /* ferry: entry point and subcommand table. */
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -39,6 +40,9 @@ static void usage(FILE *f) {
 }
 
 int main(int argc, char **argv) {
+  /* A file-size limit (ulimit -f) must fail a write with EFBIG, which the
+   * checkpoint writer reports, rather than kill the process. */
+  signal(SIGXFSZ, SIG_IGN);
   if (argc < 2) {
     usage(stderr);
     return 2;

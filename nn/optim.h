@@ -1,7 +1,7 @@
 /* Optimizers over the model's parameter slab, one step per call, honouring
  * parameter groups (lr multiplier, frozen). State (momentum, Adam moments)
  * lives in slabs of nparams floats owned by the optimizer: a checkpoint saves
- * them as tensors "optim.m" / "optim.v". */
+ * them per parameter tensor, as "optim.m.<tensor>" / "optim.v.<tensor>". */
 #ifndef FERRY_NN_OPTIM_H
 #define FERRY_NN_OPTIM_H
 

@@ -3,7 +3,7 @@
 # errors, run the whole ctest suite, then the unit tests again under ASan+UBSan.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash cluster/setup-debian.sh time
+bash cluster/setup-debian.sh time clang libclang-rt-14-dev
 jobs=$(nproc)
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DFERRY_WERROR=ON >/dev/null
 cmake --build build -j"$jobs"
@@ -12,3 +12,8 @@ cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DFERRY_SANITIZE=ON -DFERRY_WE
 cmake --build build-asan -j"$jobs"
 ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
   ctest --test-dir build-asan -L unit --output-on-failure -j"$jobs"
+# The checkpoint loader's libFuzzer target, briefly (clang; warnings not fatal:
+# clang's warning set differs from gcc's, which gates the code above).
+CC=clang cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=Debug -DFERRY_FUZZ=ON >/dev/null
+cmake --build build-fuzz -j"$jobs" --target fuzz_ckpt fuzz_ckpt_seed
+ctest --test-dir build-fuzz -L fuzz --output-on-failure
