@@ -5,15 +5,8 @@
  * of it. The allgather replays the pairs in reverse and copies halves back. */
 #include "allreduce_hd.h"
 
+#include "dist/comm.h"
 #include "nn/err.h"
-
-static int mpi_check(int rc, const char *what) {
-  if (rc == MPI_SUCCESS) return 0;
-  char msg[MPI_MAX_ERROR_STRING];
-  int len = 0;
-  MPI_Error_string(rc, msg, &len);
-  FERRY_FAIL(FERRY_ERUNTIME, "%s failed: %s", what, msg);
-}
 
 size_t dist_hd_scratch(size_t n) { return (n + 1) / 2; }
 
@@ -32,9 +25,9 @@ static void segment(size_t n, int rank, int levels, size_t *lo, size_t *hi) {
 static int post(dist_hd_op *op, float *recv, size_t nrecv, size_t send_at, size_t nsend,
                 int partner) {
   MPI_Comm comm = op->c->comm;
-  CHECK_CALL(mpi_check(MPI_Irecv(recv, (int)nrecv, MPI_FLOAT, partner, op->tag, comm, &op->req[0]),
+  CHECK_CALL(dist_mpi_check(MPI_Irecv(recv, (int)nrecv, MPI_FLOAT, partner, op->tag, comm, &op->req[0]),
                        "MPI_Irecv (gradient allreduce)"));
-  CHECK_CALL(mpi_check(MPI_Isend(op->data + send_at, (int)nsend, MPI_FLOAT, partner, op->tag, comm,
+  CHECK_CALL(dist_mpi_check(MPI_Isend(op->data + send_at, (int)nsend, MPI_FLOAT, partner, op->tag, comm,
                                  &op->req[1]),
                        "MPI_Isend (gradient allreduce)"));
   return 0;
@@ -93,7 +86,7 @@ int dist_hd_start(dist_hd_op *op, const dist_comm *c, float *data, size_t n, flo
 int dist_hd_test(dist_hd_op *op, int *done) {
   while (op->round < op->nrounds) {
     int flag = 0;
-    CHECK_CALL(mpi_check(MPI_Testall(2, op->req, &flag, MPI_STATUSES_IGNORE),
+    CHECK_CALL(dist_mpi_check(MPI_Testall(2, op->req, &flag, MPI_STATUSES_IGNORE),
                          "MPI_Testall (gradient allreduce)"));
     if (!flag) break;
     CHECK_CALL(end_round(op));
@@ -104,7 +97,7 @@ int dist_hd_test(dist_hd_op *op, int *done) {
 
 int dist_hd_wait(dist_hd_op *op) {
   while (op->round < op->nrounds) {
-    CHECK_CALL(mpi_check(MPI_Waitall(2, op->req, MPI_STATUSES_IGNORE),
+    CHECK_CALL(dist_mpi_check(MPI_Waitall(2, op->req, MPI_STATUSES_IGNORE),
                          "MPI_Waitall (gradient allreduce)"));
     CHECK_CALL(end_round(op));
   }

@@ -10,7 +10,7 @@
 
 #include "nn/err.h"
 
-static int mpi_check(int rc, const char *what) {
+int dist_mpi_check(int rc, const char *what) {
   if (rc == MPI_SUCCESS) return 0;
   char msg[MPI_MAX_ERROR_STRING];
   int len = 0;
@@ -23,7 +23,7 @@ int dist_init(int *argc, char ***argv, dist_comm *world) {
   MPI_Initialized(&inited);
   if (!inited) {
     int provided = 0;
-    CHECK_CALL(mpi_check(MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided),
+    CHECK_CALL(dist_mpi_check(MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided),
                          "MPI_Init_thread"));
   }
   dist_comm_wrap(world, MPI_COMM_WORLD);
@@ -48,7 +48,7 @@ static int allreduce(const dist_comm *c, void *buf, size_t n, MPI_Datatype t, si
   char *p = buf;
   while (n > 0) {
     int k = n > (size_t)INT_MAX ? INT_MAX : (int)n;
-    CHECK_CALL(mpi_check(MPI_Allreduce(MPI_IN_PLACE, p, k, t, MPI_SUM, c->comm),
+    CHECK_CALL(dist_mpi_check(MPI_Allreduce(MPI_IN_PLACE, p, k, t, MPI_SUM, c->comm),
                          "MPI_Allreduce"));
     p += (size_t)k * esz;
     n -= (size_t)k;
@@ -71,7 +71,7 @@ int dist_bcast(const dist_comm *c, void *buf, size_t nbytes, int root) {
   char *p = buf;
   while (nbytes > 0) {
     int k = nbytes > (size_t)INT_MAX ? INT_MAX : (int)nbytes;
-    CHECK_CALL(mpi_check(MPI_Bcast(p, k, MPI_BYTE, root, c->comm), "MPI_Bcast"));
+    CHECK_CALL(dist_mpi_check(MPI_Bcast(p, k, MPI_BYTE, root, c->comm), "MPI_Bcast"));
     p += k;
     nbytes -= (size_t)k;
   }
@@ -100,8 +100,8 @@ void dist_hostname(char *buf, size_t n) {
 int dist_same_u64(const dist_comm *c, uint64_t v, int *same) {
   uint64_t lo = v, hi = v;
   if (c->size > 1) {
-    CHECK_CALL(mpi_check(MPI_Allreduce(&v, &lo, 1, MPI_UINT64_T, MPI_MIN, c->comm), "MPI_Allreduce"));
-    CHECK_CALL(mpi_check(MPI_Allreduce(&v, &hi, 1, MPI_UINT64_T, MPI_MAX, c->comm), "MPI_Allreduce"));
+    CHECK_CALL(dist_mpi_check(MPI_Allreduce(&v, &lo, 1, MPI_UINT64_T, MPI_MIN, c->comm), "MPI_Allreduce"));
+    CHECK_CALL(dist_mpi_check(MPI_Allreduce(&v, &hi, 1, MPI_UINT64_T, MPI_MAX, c->comm), "MPI_Allreduce"));
   }
   *same = lo == hi;
   return 0;
@@ -112,14 +112,14 @@ int dist_allgather_f64(const dist_comm *c, double v, double *out) {
     out[0] = v;
     return 0;
   }
-  CHECK_CALL(mpi_check(MPI_Allgather(&v, 1, MPI_DOUBLE, out, 1, MPI_DOUBLE, c->comm),
+  CHECK_CALL(dist_mpi_check(MPI_Allgather(&v, 1, MPI_DOUBLE, out, 1, MPI_DOUBLE, c->comm),
                        "MPI_Allgather"));
   return 0;
 }
 
 int dist_layout(const dist_comm *c, int *nhosts, int *max_per_host, int *on_my_host) {
   MPI_Comm local;
-  CHECK_CALL(mpi_check(MPI_Comm_split_type(c->comm, MPI_COMM_TYPE_SHARED, c->rank,
+  CHECK_CALL(dist_mpi_check(MPI_Comm_split_type(c->comm, MPI_COMM_TYPE_SHARED, c->rank,
                                            MPI_INFO_NULL, &local),
                        "MPI_Comm_split_type"));
   int lrank = 0, lsize = 1;
@@ -128,9 +128,9 @@ int dist_layout(const dist_comm *c, int *nhosts, int *max_per_host, int *on_my_h
   MPI_Comm_free(&local);
   int leaders = lrank == 0, most = lsize;
   if (c->size > 1) {
-    CHECK_CALL(mpi_check(MPI_Allreduce(MPI_IN_PLACE, &leaders, 1, MPI_INT, MPI_SUM, c->comm),
+    CHECK_CALL(dist_mpi_check(MPI_Allreduce(MPI_IN_PLACE, &leaders, 1, MPI_INT, MPI_SUM, c->comm),
                          "MPI_Allreduce"));
-    CHECK_CALL(mpi_check(MPI_Allreduce(MPI_IN_PLACE, &most, 1, MPI_INT, MPI_MAX, c->comm),
+    CHECK_CALL(dist_mpi_check(MPI_Allreduce(MPI_IN_PLACE, &most, 1, MPI_INT, MPI_MAX, c->comm),
                          "MPI_Allreduce"));
   }
   *nhosts = leaders;

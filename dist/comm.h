@@ -14,6 +14,10 @@ typedef struct {
   int rank, size;
 } dist_comm;
 
+/* 0 when rc is MPI_SUCCESS, else FERRY_ERUNTIME with "<what> failed: <MPI's
+ * error text>". Not collective. */
+int dist_mpi_check(int rc, const char *what);
+
 /* MPI_Init_thread (FUNNELED) unless already initialised; fills *world for
  * MPI_COMM_WORLD. Collective over the job. */
 int dist_init(int *argc, char ***argv, dist_comm *world);

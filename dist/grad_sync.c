@@ -15,6 +15,7 @@
 #include <sys/mman.h>
 
 #include "allreduce_hd.h"
+#include "dist/comm.h"
 #include "nn/err.h"
 
 typedef struct {
@@ -49,14 +50,6 @@ struct dist_grad_sync {
   double wait_s;
   size_t bytes;
 };
-
-static int mpi_check(int rc, const char *what) {
-  if (rc == MPI_SUCCESS) return 0;
-  char msg[MPI_MAX_ERROR_STRING];
-  int len = 0;
-  MPI_Error_string(rc, msg, &len);
-  FERRY_FAIL(FERRY_ERUNTIME, "%s failed: %s", what, msg);
-}
 
 /* Groups ranges from the last to the first into buckets of at most
  * bucket_bytes (a larger range alone). With out == NULL only counts. */
@@ -210,7 +203,7 @@ int dist_grad_sync_new(dist_grad_sync **out, const dist_comm *c, float *grads,
   int rc = copy_ranges(s, ranges, nranges);
   if (rc == 0) {
     MPI_Comm dup = MPI_COMM_NULL;
-    rc = mpi_check(MPI_Comm_dup(c->comm, &dup), "MPI_Comm_dup (gradient sync)");
+    rc = dist_mpi_check(MPI_Comm_dup(c->comm, &dup), "MPI_Comm_dup (gradient sync)");
     if (rc == 0) dist_comm_wrap(&s->c, dup);
   }
   if (rc == 0) rc = alloc_buckets(s, bucket_bytes);
@@ -263,7 +256,7 @@ static int bucket_start(dist_grad_sync *s, int b) {
   size_t left = bk->nfloats;
   for (int q = 0; q < bk->nreq; q++) {
     int k = left > (size_t)INT_MAX ? INT_MAX : (int)left;
-    CHECK_CALL(mpi_check(MPI_Iallreduce(MPI_IN_PLACE, d, k, MPI_FLOAT, MPI_SUM, s->c.comm,
+    CHECK_CALL(dist_mpi_check(MPI_Iallreduce(MPI_IN_PLACE, d, k, MPI_FLOAT, MPI_SUM, s->c.comm,
                                         &s->reqs[bk->req0 + q]),
                          "MPI_Iallreduce (gradient bucket)"));
     d += k;
@@ -278,7 +271,7 @@ static int bucket_test(dist_grad_sync *s, gs_bucket *bk) {
   if (s->hd)
     CHECK_CALL(dist_hd_test(&bk->hd, &flag));
   else
-    CHECK_CALL(mpi_check(MPI_Testall(bk->nreq, s->reqs + bk->req0, &flag, MPI_STATUSES_IGNORE),
+    CHECK_CALL(dist_mpi_check(MPI_Testall(bk->nreq, s->reqs + bk->req0, &flag, MPI_STATUSES_IGNORE),
                          "MPI_Testall (gradient bucket)"));
   if (flag) {
     bk->done = 1;
@@ -291,7 +284,7 @@ static int bucket_wait(dist_grad_sync *s, gs_bucket *bk) {
   if (s->hd)
     CHECK_CALL(dist_hd_wait(&bk->hd));
   else
-    CHECK_CALL(mpi_check(MPI_Waitall(bk->nreq, s->reqs + bk->req0, MPI_STATUSES_IGNORE),
+    CHECK_CALL(dist_mpi_check(MPI_Waitall(bk->nreq, s->reqs + bk->req0, MPI_STATUSES_IGNORE),
                          "MPI_Waitall (gradient bucket)"));
   bk->done = 1;
   s->nactive--;

@@ -8,6 +8,7 @@
 #include <limits.h>
 #include <string.h>
 
+#include "dist/comm.h"
 #include "nn/err.h"
 
 enum {
@@ -74,19 +75,11 @@ int dist_reduce_tree_local(float *const *shards, int nshards, float *out, size_t
   return 0;
 }
 
-static int mpi_check(int rc, const char *what) {
-  if (rc == MPI_SUCCESS) return 0;
-  char msg[MPI_MAX_ERROR_STRING];
-  int len = 0;
-  MPI_Error_string(rc, msg, &len);
-  FERRY_FAIL(FERRY_ERUNTIME, "%s failed: %s", what, msg);
-}
-
 /* Exchanges buf with partner into tmp, in pieces of at most INT_MAX floats. */
 static int exchange(const dist_comm *c, int partner, const float *buf, float *tmp, size_t n) {
   for (size_t at = 0; at < n;) {
     int k = n - at > (size_t)INT_MAX ? INT_MAX : (int)(n - at);
-    CHECK_CALL(mpi_check(MPI_Sendrecv(buf + at, k, MPI_FLOAT, partner, TREE_TAG, tmp + at, k,
+    CHECK_CALL(dist_mpi_check(MPI_Sendrecv(buf + at, k, MPI_FLOAT, partner, TREE_TAG, tmp + at, k,
                                       MPI_FLOAT, partner, TREE_TAG, c->comm, MPI_STATUS_IGNORE),
                          "MPI_Sendrecv (deterministic reduction)"));
     at += (size_t)k;

@@ -25,6 +25,7 @@
  * already [c][B*h*w]. */
 #include <cblas.h>
 #include <math.h>
+#include <stdint.h>
 #include <string.h>
 
 #include "layer_ops.h"
@@ -48,13 +49,21 @@ static int is_pointwise(const nn_layer *L) {
   return L->spec.k == 1 && L->spec.stride == 1 && L->spec.pad == 0;
 }
 
-static int use_direct(const nn_layer *L) {
-  return L->spec.stride == 1 && L->spec.pad < L->spec.k && !is_pointwise(L);
-}
-
 /* Floats of one zero-padded input plane, (H+2pad) x (W+2pad). */
 static size_t plane_floats(const conv_dims *d) {
   return (size_t)(d->H + 2 * d->pad) * (d->W + 2 * d->pad);
+}
+
+/* The direct path needs stride 1 and pad < k (so that dx is a convolution
+ * of dy padded by k-1-pad >= 0), and its int32 offset tables must span one
+ * sample's padded planes (x planes and the plane of ones; dy planes). */
+static int use_direct(const nn_layer *L) {
+  if (L->spec.stride != 1 || L->spec.pad >= L->spec.k || is_pointwise(L)) return 0;
+  const conv_dims d = dims_of(L);
+  const size_t q = (size_t)(d.k - 1 - d.pad);
+  const size_t xin = (d.C + 1) * plane_floats(&d) + 16;
+  const size_t dyp = (size_t)d.O * (d.OH + 2 * q) * (d.OW + 2 * q);
+  return xin < INT32_MAX && dyp < INT32_MAX;
 }
 
 static size_t up_to(size_t n, size_t m) { return (n + m - 1) / m * m; }
