@@ -191,8 +191,6 @@ static size_t aux_floats(const nn_layer *L, int B) {
     return nn_conv_aux_floats(L, B);
   case NN_MAXPOOL2D:
     return (size_t)B * nn_shape_numel(L->out); /* argmax per output, see layer_pool.c */
-  case NN_RELU:
-    return ((size_t)B * nn_shape_numel(L->in) + 3) / 4; /* a byte per element, see layer_act.c */
   case NN_GROUPNORM:
     return 2 * (size_t)B * L->spec.groups; /* mean, rstd */
   case NN_DROPOUT:

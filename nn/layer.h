@@ -78,7 +78,7 @@ struct nn_layer {
   size_t w_len, b_len;
   float *W, *b, *dW, *db; /* into the model slabs; NULL when absent */
   float *y;          /* output activations, max_batch * numel(out) */
-  float *aux;        /* saved state: conv im2col, pool argmax, GN stats, dropout mask */
+  float *aux;        /* saved state: conv planes/tables or im2col, pool argmax, GN stats, dropout mask */
   size_t aux_len;    /* floats of aux per max_batch */
   float *scratch;    /* residual: internal buffers */
   nn_layer *sub;     /* residual: body (5 layers) then shortcut (0 or 2) */

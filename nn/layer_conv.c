@@ -68,14 +68,26 @@ static int use_direct(const nn_layer *L) {
 
 static size_t up_to(size_t n, size_t m) { return (n + m - 1) / m * m; }
 
+/* d[0..n) = s[0..n) for the planes' short rows (5 to 30 floats here), where
+ * a libc memcpy call costs more than the copy: 8-float blocks, the last one
+ * overlapping its predecessor. */
+static inline void copy_floats(float *restrict d, const float *restrict s, size_t n) {
+  if (n < 8) {
+    memcpy(d, s, n * sizeof *d);
+    return;
+  }
+  for (size_t i = 0; i + 8 < n; i += 8) memcpy(d + i, s + i, 8 * sizeof *d);
+  memcpy(d + n - 8, s + n - 8, 8 * sizeof *d);
+}
+
 /* Copies the n planes src + i*sstride (H x W each) into the interiors, at
  * (pad, pad), of the zero-bordered planes dst + i*dplane of width Wd. */
 static void fill_interiors(float *restrict dst, size_t dplane, int Wd, int pad,
                            const float *restrict src, size_t sstride, int n, int H, int W) {
   for (int i = 0; i < n; i++)
     for (int y = 0; y < H; y++)
-      nn_copy_floats(dst + i * dplane + (size_t)(y + pad) * Wd + pad,
-                     src + i * sstride + (size_t)y * W, (size_t)W);
+      copy_floats(dst + i * dplane + (size_t)(y + pad) * Wd + pad,
+                  src + i * sstride + (size_t)y * W, (size_t)W);
 }
 
 /* y[o][j] += b[o] over columns [c0, c0+nc) of rows of length N. */
@@ -164,7 +176,8 @@ typedef struct {
 
 static direct_ws direct_layout(const conv_dims *d) {
   direct_ws w = {.Op = (int)up_to(d->O, DT_V), .Cp = (int)up_to(d->C, DT_V),
-                 .Kp = (int)up_to(d->K + 1, DT_P), .Kx = d->O * d->k * d->k, .q = d->k - 1 - d->pad};
+                 .Kp = (int)up_to(d->K + 1, DT_P), .Kx = d->O * d->k * d->k,
+                 .q = d->k - 1 - d->pad};
   w.Hq = d->OH + 2 * w.q;
   w.Wq = d->OW + 2 * w.q;
   w.pin = plane_floats(d);
@@ -293,7 +306,8 @@ static void transpose_into(float *restrict d, size_t ld, const float *restrict s
                            int nc, int acc) {
   const int r8 = nr & ~7, c8 = nc & ~7;
   for (int r = 0; r < r8; r += 8)
-    for (int c = 0; c < c8; c += 8) transpose8(d + (size_t)c * ld + r, ld, s + (size_t)r * ls + c, ls, acc);
+    for (int c = 0; c < c8; c += 8)
+      transpose8(d + (size_t)c * ld + r, ld, s + (size_t)r * ls + c, ls, acc);
   for (int c = 0; c < nc; c++) {
     float *restrict dr = d + (size_t)c * ld;
     for (int r = c < c8 ? r8 : 0; r < nr; r++) {

@@ -4,8 +4,6 @@
 #ifndef FERRY_NN_LAYER_OPS_H
 #define FERRY_NN_LAYER_OPS_H
 
-#include <string.h>
-
 #include "layer.h"
 
 /* gcc 12 at -O2 uses the "very cheap" vectoriser cost model, which leaves
@@ -18,18 +16,6 @@
 
 /* Rounds a float count up to a multiple of 16 (64-byte blocks). */
 static inline size_t nn_al16(size_t n) { return (n + 15) & ~(size_t)15; }
-
-/* d[0..n) = s[0..n) for the short rows and planes of the kernels (5 to a few
- * hundred floats), where a libc memcpy call costs more than the copy:
- * 8-float blocks, the last one overlapping its predecessor. */
-static inline void nn_copy_floats(float *restrict d, const float *restrict s, size_t n) {
-  if (n < 8) {
-    memcpy(d, s, n * sizeof *d);
-    return;
-  }
-  for (size_t i = 0; i + 8 < n; i += 8) memcpy(d + i, s + i, 8 * sizeof *d);
-  memcpy(d + n - 8, s + n - 8, 8 * sizeof *d);
-}
 
 /* dense: flat [B][in] -> [B][out] */
 void nn_dense_forward(nn_layer *L, const float *x, int B);
