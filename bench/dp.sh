@@ -120,6 +120,15 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# Snapshot the binary: other people rebuild build/ferry while benchmarks run,
+# and every arm must run the same code.
+FERRY_SRC=$FERRY
+FERRY_SHA=$(sha256sum "$FERRY_SRC" | cut -c1-16)
+FERRY_MTIME=$(date -r "$FERRY_SRC" +%Y-%m-%dT%H:%M:%S%z)
+cp "$FERRY_SRC" "$WORK/ferry" || die "cannot copy $FERRY_SRC to $WORK"
+FERRY=$WORK/ferry
+log "ferry: $FERRY_SRC (sha256 $FERRY_SHA..., built $FERRY_MTIME), copied to $FERRY"
+
 # One BLAS thread per rank; ranks yield instead of busy-polling when idle
 # (STACK.md: otherwise a shared core makes small collectives very slow).
 export OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 OMPI_MCA_mpi_yield_when_idle=1
@@ -298,7 +307,7 @@ try:
 except OSError:
     pass
 mpi = os.environ["MPI_STR"]
-ferry = "$FERRY"
+ferry = "$FERRY_SRC"  # run from the copy in ferry_binary.ran_copy
 ex = "$EXAMPLES"
 sets = "--set train.steps=STEPS --set train.check_every=$CHECK_EVERY" + "".join(
     " --set " + kv for kv in "${DP_FERRY_SET:-}".split())
@@ -314,6 +323,8 @@ json.dump({
     "rounds_run": {$(for m in $MODELS; do printf '"%s": %s, ' "$m" "${ROUNDS[$m]:-0}"; done)},
     "rounds_quiet": {$(for m in $MODELS; do printf '"%s": %s, ' "$m" "${QUIET_ROUNDS[$m]:-0}"; done)},
     "check_every": $CHECK_EVERY,
+    "ferry_binary": {"path": "$FERRY_SRC", "sha256_prefix": "$FERRY_SHA",
+                     "mtime": "$FERRY_MTIME", "ran_copy": "$FERRY"},
     "loadavg_start": [float(x) for x in "$LOAD_START".split()],
     "loadavg_end": [float(x) for x in "$LOAD_END".split()],
     "elapsed_s": int(time.time()) - $T_START,

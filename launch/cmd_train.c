@@ -192,7 +192,17 @@ static int write_summary(const char *dir, const exp_experiment *e, const train_s
     if (r) fputs(", ", f);
     json_num(f, s->rss_mb[r]);
   }
-  fprintf(f, "],\n  \"deterministic\": %s,\n  \"shards\": %d,\n  \"skipped_steps\": %lld",
+  fputs("],\n  \"tasks\": {", f);
+  for (int k = 0; k < s->ntasks; k++) {
+    fputs(k ? ", " : "", f);
+    json_str(f, s->task_name[k]);
+    fputs(": {\"test_acc\": ", f);
+    json_num(f, s->task_acc[k]);
+    fputs(", \"weight\": ", f);
+    json_num(f, s->task_weight[k]);
+    fputs("}", f);
+  }
+  fprintf(f, "},\n  \"deterministic\": %s,\n  \"shards\": %d,\n  \"skipped_steps\": %lld",
           e->deterministic ? "true" : "false", e->shards, (long long)s->skipped_steps);
   fprintf(f,
           ",\n  \"steps\": %lld,\n  \"epochs\": %d,\n  \"n_train\": %lld,\n  \"n_val\": %lld,\n"
@@ -524,6 +534,9 @@ int cmd_train(int argc, char **argv) {
     if (!rc)
       printf("test_acc %.4f  test_loss %.4f  %.0f train samples/s  wall %.1fs  -> %s/summary.json\n",
              sum.test_acc, sum.test_loss, sum.train_samples_per_s, sum.wall_s, e.out_dir);
+    for (int k = 0; !rc && k < sum.ntasks; k++)
+      printf("  task %-12s test_acc %.4f  weight %.3f\n", sum.task_name[k], sum.task_acc[k],
+             sum.task_weight[k]);
   }
   if (!rc && e.transfer.enabled) {
     int who = -1;

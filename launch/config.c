@@ -1540,6 +1540,7 @@ static const cfg_key k_sched[] = {
 static const char *const progress_names[] = {"auto", "bar", "plain"};
 static const int progress_values[] = {-1, 1, 0};
 static const char *const nan_names[] = {"stop", "skip"};
+static const char *const weighting_names[] = {"static", "uncertainty"};
 static const int nan_values[] = {EXP_NAN_STOP, EXP_NAN_SKIP};
 
 static const cfg_key k_train[] = {
@@ -1575,6 +1576,9 @@ static const cfg_key k_train[] = {
      .doc = "compare parameter checksums across ranks every K steps (0 = never)"},
     {.name = "nan", .kind = K_ENUM, KF(exp_experiment, nan_policy), NAMES(nan_names),
      .values = nan_values, .doc = "non-finite loss or gradient: stop (error) | skip the step on all ranks"},
+    {.name = "task_weighting", .kind = K_ENUM, KF(exp_experiment, uncertainty),
+     NAMES(weighting_names), .doc = "multi-task: static (the tasks' weights) | uncertainty (learned, "
+     "Kendall et al. 2018)"},
     {.name = "log_every", .kind = K_INT, KF(exp_experiment, log_every), .r = R_GE(0),
      .doc = "write the global loss to steps.jsonl every K steps (0 = off)"},
     {.name = NULL}};
@@ -1727,6 +1731,90 @@ static int check_transfer(cfg_ctx *c, const cfg_node *n, const char *path, const
   return 0;
 }
 
+/* ---- multi-task --------------------------------------------------------- */
+
+static int conv_groups(cfg_ctx *c, const cfg_node *n, const char *path, const cfg_key *k,
+                       void *base) {
+  (void)c, (void)k;
+  char fb[64], sub[CFG_PATH], sub2[CFG_PATH];
+  exp_task *t = base;
+  for (int i = 0; i < EXP_MAX_CLASSES; i++) t->group_of[i] = -1;
+  if (n->kind != N_SEQ || n->n == 0 || n->n > EXP_MAX_CLASSES)
+    FAIL(n, path, "expected a list of class groups, like [[0, 2], [1, 3]], found %s",
+         found(n, fb, sizeof fb));
+  cfg_range r = {.lo = 0, .hi = EXP_MAX_CLASSES - 1, .lo_set = 1, .hi_set = 1};
+  for (int g = 0; g < n->n; g++) {
+    path_idx(sub, path, g);
+    const cfg_node *grp = n->val[g];
+    if (grp->kind != N_SEQ || grp->n == 0)
+      FAIL(grp, sub, "expected a non-empty list of classes, found %s", found(grp, fb, sizeof fb));
+    for (int i = 0; i < grp->n; i++) {
+      int64_t v;
+      path_idx(sub2, sub, i);
+      CHECK_CALL(conv_i64(grp->val[i], sub2, &r, 0, EXP_MAX_CLASSES - 1, &v));
+      if (t->group_of[v] >= 0)
+        FAIL(grp->val[i], sub2, "class %d is already in group %d", (int)v, t->group_of[v]);
+      t->group_of[v] = g;
+    }
+  }
+  t->ngroups = n->n;
+  return 0;
+}
+
+static int conv_task_head(cfg_ctx *c, const cfg_node *n, const char *path, const cfg_key *k,
+                          void *base) {
+  (void)k;
+  exp_task *t = base;
+  return conv_stack(c, n, path, &t->head, t->name);
+}
+
+static const cfg_key k_task[] = {
+    {.name = "name", .kind = K_STR, KF(exp_task, name), .flags = F_REQ | F_NONEMPTY | F_IDENT,
+     .doc = "task name (its head is named after it)"},
+    {.name = "labels", .kind = K_ENUM, KF(exp_task, kind), NAMES(exp_label_names),
+     .doc = "class (the data's labels) | coarse (classes grouped by `groups`) | rotation "
+            "(self-supervised: input rotated by 0/90/180/270 degrees, predict which)"},
+    {.name = "groups", .kind = K_FUNC, .fn = conv_groups, .type = "list of class lists",
+     .doc = "coarse: the classes of each group"},
+    {.name = "weight", .kind = K_F32, KF(exp_task, weight), .r = R_GE(0),
+     .doc = "w_t in the joint loss sum_t w_t L_t (static weighting)"},
+    {.name = "head", .kind = K_FUNC, .fn = conv_task_head, .type = "list of layers",
+     .def = "[{dense: outputs}]", .doc = "the task's head on the shared trunk"},
+    {.name = NULL}};
+
+static int conv_tasks(cfg_ctx *c, const cfg_node *n, const char *path, const cfg_key *k,
+                      void *base) {
+  (void)k;
+  char fb[64], sub[CFG_PATH];
+  exp_experiment *e = base;
+  if (n->kind != N_SEQ || n->n == 0)
+    FAIL(n, path, "expected a non-empty list of tasks, found %s", found(n, fb, sizeof fb));
+  if (n->n > EXP_MAX_TASKS)
+    FAIL(n->val[EXP_MAX_TASKS], path, "at most %d tasks, found %d", EXP_MAX_TASKS, n->n);
+  for (int i = 0; i < n->n; i++) {
+    exp_task *t = &e->tasks[i];
+    memset(t, 0, sizeof *t);
+    t->weight = 1.0f;
+    for (int j = 0; j < EXP_MAX_CLASSES; j++) t->group_of[j] = -1;
+    path_idx(sub, path, i);
+    /* The name first: the head's layers are named inside it. */
+    int in = map_find(n->val[i], "name");
+    if (in >= 0) {
+      char np[CFG_PATH];
+      path_key(np, sub, "name");
+      CHECK_CALL(conv_str(n->val[i]->val[in], np, &k_task[0], t->name));
+    }
+    CHECK_CALL(conv_map(c, n->val[i], sub, k_task, t));
+    if (t->kind == EXP_LABEL_COARSE && t->ngroups == 0)
+      FAIL(n->val[i], sub, "labels: coarse needs groups, like groups: [[0, 2], [1, 3]]");
+    for (int j = 0; j < i; j++)
+      if (!strcmp(e->tasks[j].name, t->name))
+        FAIL(n->val[i], sub, "duplicate task name \"%s\"", t->name);
+  }
+  e->ntasks = n->n;
+  return 0;
+}
+
 static const cfg_key k_ckpt[] = {
     {.name = "every_steps", .kind = K_INT, KF(exp_experiment, ckpt_every_steps), .r = R_GE(0),
      .doc = "write a checkpoint every K optimizer steps (0 = off)"},
@@ -1753,6 +1841,8 @@ static const cfg_key k_top[] = {
      .doc = "training loop settings"},
     {.name = "checkpoint", .kind = K_SECT, .sub = k_ckpt, .type = "mapping",
      .doc = "when to write checkpoints, how many to keep, whether to resume"},
+    {.name = "tasks", .kind = K_FUNC, .fn = conv_tasks, .sub = k_task, .type = "list of tasks",
+     .doc = "multi-task joint training: tasks sharing the trunk, one head each"},
     {.name = "transfer", .kind = K_SECT, .off = offsetof(exp_experiment, transfer),
      .sub = k_transfer, .fn = check_transfer, .type = "mapping",
      .doc = "transfer jobs run after training, from its final checkpoint"},

@@ -6,6 +6,8 @@
 const char *const exp_strategy_names[EXP_STRAT_COUNT] = {"none", "scratch", "feature-extract",
                                                          "finetune"};
 
+const char *const exp_label_names[EXP_LABEL_COUNT] = {"class", "coarse", "rotation"};
+
 void exp_defaults(exp_experiment *e) {
   memset(e, 0, sizeof *e);
   strcpy(e->name, "experiment");

@@ -97,6 +97,26 @@ typedef struct {
   exp_job finetune;          /* finetune options (strategy and init set per job) */
 } exp_transfer;
 
+/* Multi-task joint training: tasks share the trunk, each has a head, and
+ * labels derived from the one dataset. */
+typedef enum {
+  EXP_LABEL_CLASS,    /* the dataset's labels */
+  EXP_LABEL_COARSE,   /* classes grouped: group_of[class] */
+  EXP_LABEL_ROTATION, /* self-supervised: the input rotated by r*90 degrees, label r (0..3) */
+  EXP_LABEL_COUNT
+} exp_label_kind;
+extern const char *const exp_label_names[EXP_LABEL_COUNT];
+
+#define EXP_MAX_TASKS 8
+typedef struct {
+  char name[NN_NAME_MAX];
+  int kind;                  /* exp_label_kind */
+  float weight;              /* w_t of the joint loss sum_t w_t L_t (static weighting) */
+  int ngroups;               /* coarse: number of groups */
+  int group_of[EXP_MAX_CLASSES]; /* coarse: group of each class, -1 = none */
+  nn_stack_spec head;        /* no layers = dense(outputs of the task) */
+} exp_task;
+
 typedef struct {
   char name[128];
   char text_path[EXP_PATH_MAX]; /* the experiment file, for provenance */
@@ -135,6 +155,9 @@ typedef struct {
   char resume[EXP_PATH_MAX]; /* "" = fresh start, "latest" = newest valid in
                                 out_dir, else a checkpoint file */
   exp_job job;               /* how this run starts (transfer jobs) */
+  int ntasks;                /* 0 = single task (one head, the dataset's labels) */
+  exp_task tasks[EXP_MAX_TASKS];
+  int uncertainty;           /* learned uncertainty weighting (Kendall et al., 2018) */
   exp_transfer transfer;
   /* Fault injection for tests (launch fills it from FERRY_FAULT): "R:KIND"
    * or "R:KIND@STEP" with KIND data | alloc | nan | diverge. Empty = off. */

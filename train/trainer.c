@@ -29,7 +29,7 @@
 #include "nn/rng.h"
 #include "train/shard.h"
 
-enum { KEY_ORDER = 1, KEY_AUG = 2, KEY_DROP = 3, KEY_INIT = 4 };
+enum { KEY_ORDER = 1, KEY_AUG = 2, KEY_DROP = 3, KEY_INIT = 4, KEY_ROT = 5 };
 
 typedef struct {
   int rank;        /* -1: none */
@@ -76,6 +76,13 @@ typedef struct {
   int evals_since_best;
   double uncached_step_s, cached_step_s; /* feature cache speed-up */
   int64_t cached_steps;
+  /* multi-task */
+  int nt;               /* tasks (0 = single task) */
+  int Kt[EXP_MAX_TASKS];/* outputs of each task's head */
+  double log_var[EXP_MAX_TASKS]; /* uncertainty weighting: s_t = log sigma_t^2 */
+  double task_loss[EXP_MAX_TASKS]; /* this step's local loss sums */
+  int32_t *yt;          /* derived labels of one task */
+  int64_t *idx2, *ids2; /* rotation: rows grouped by rotation */
   ckpt_dataset prov[2]; /* provenance: training and test data digests */
 } trainer;
 
@@ -176,6 +183,82 @@ static int rows_of_shards(const trainer *t, int m0, int m1) {
   return n;
 }
 
+/* Multi-task: one head per task (the preset's or trunk's heads replaced). */
+static int task_heads(trainer *t, nn_model_spec *spec, int nclasses) {
+  const exp_experiment *e = t->e;
+  t->nt = e->ntasks;
+  spec->nheads = e->ntasks;
+  for (int k = 0; k < e->ntasks; k++) {
+    const exp_task *task = &e->tasks[k];
+    int out = task->kind == EXP_LABEL_CLASS ? nclasses
+              : task->kind == EXP_LABEL_COARSE ? task->ngroups : 4;
+    if (task->kind == EXP_LABEL_ROTATION)
+      CHECK_USER(spec->in.c == 1 && spec->in.h == spec->in.w && spec->in_spatial,
+                 "tasks.%s: rotation needs square 1-channel images, the data is %dx%dx%d",
+                 task->name, spec->in.c, spec->in.h, spec->in.w);
+    if (task->kind == EXP_LABEL_COARSE)
+      for (int c = 0; c < nclasses; c++)
+        CHECK_USER(c >= EXP_MAX_CLASSES || task->group_of[c] >= 0,
+                   "tasks.%s: class %d is in no group", task->name, c);
+    nn_stack_spec *h = &spec->heads[k];
+    if (task->head.nlayers > 0) {
+      *h = task->head;
+    } else {
+      memset(h, 0, sizeof *h);
+      h->nlayers = 1;
+      h->layers[0].op = NN_DENSE;
+      h->layers[0].out = out;
+    }
+    snprintf(h->name, sizeof h->name, "%s", task->name);
+  }
+  return 0;
+}
+
+/* Labels of task k for rows whose dataset labels are y. */
+static void derive_labels(const exp_task *task, const int32_t *y, int B, int32_t *out) {
+  for (int i = 0; i < B; i++)
+    out[i] = y[i] < 0 ? -1
+             : task->kind == EXP_LABEL_COARSE ? task->group_of[y[i] < EXP_MAX_CLASSES ? y[i] : 0]
+                                              : y[i];
+}
+
+/* Rotation task: the rows rotated by r*90 degrees (r keyed by sample id and
+ * `salt`), assembled grouped by r into t->x, labels r into t->yt. */
+static int rotated_batch(trainer *t, const nn_dataset *ds, const int64_t *idx, const int64_t *ids,
+                         int B, const nn_transform *tf, int ntf, uint64_t aug_key, uint64_t salt) {
+  nn_transform tf2[2 * EXP_MAX_TF + 1];
+  memcpy(tf2, tf, (size_t)ntf * sizeof *tf);
+  size_t numel = nn_shape_numel(ds->shape);
+  int at = 0;
+  for (int r = 0; r < 4; r++) {
+    int n = 0;
+    for (int i = 0; i < B; i++)
+      if (nn_hash64(nn_key(t->e->seed, KEY_ROT) ^ salt, (uint64_t)ids[i]) % 4 == (uint64_t)r) {
+        t->idx2[at + n] = idx[i];
+        t->ids2[at + n] = ids[i];
+        n++;
+      }
+    if (!n) continue;
+    int nt = ntf;
+    if (r) {
+      memset(&tf2[nt], 0, sizeof tf2[nt]);
+      tf2[nt].kind = NN_TF_ROTATE;
+      tf2[nt].a[0] = 90.0f * (float)r;
+      nt++;
+    }
+    nn_data_batch(ds, t->idx2 + at, n, tf2, nt, aug_key, t->x + (size_t)at * numel, t->yt + at,
+                  t->scratch);
+    for (int i = 0; i < n; i++) t->yt[at + i] = ds->labels[t->idx2[at + i]] >= 0 ? r : -1;
+    at += n;
+  }
+  return 0;
+}
+
+/* Effective weight of task k this step. */
+static double task_weight(const trainer *t, int k) {
+  return t->e->uncertainty ? exp(-t->log_var[k]) : (double)t->e->tasks[k].weight;
+}
+
 static int setup(trainer *t) {
   const exp_experiment *e = t->e;
   parse_fault(&t->fault, e->fault);
@@ -205,6 +288,7 @@ static int setup(trainer *t) {
   if (e->preset[0]) CHECK_CALL(nn_model_preset(&spec, e->preset, "main", nclasses));
   spec.in = shape;
   spec.in_spatial = spatial;
+  if (e->ntasks > 0) CHECK_CALL(task_heads(t, &spec, nclasses));
   int pass_rows = e->deterministic
                       ? rows_of_shards(t, 0, e->shards / t->leaves) /* largest leaf is any */
                       : rows_of_shards(t, t->shard_lo, t->shard_hi);
@@ -218,7 +302,12 @@ static int setup(trainer *t) {
   if (fault_here(t, "alloc", -1)) t->local_max = 1 << 28; /* an allocation that fails */
   CHECK_CALL(nn_model_new(&t->m, &spec, t->local_max));
   t->K = nn_model_head_out(t->m, 0);
-  CHECK_USER(t->K >= nclasses,
+  int Kmax = t->K;
+  for (int k = 0; k < t->nt; k++) {
+    t->Kt[k] = nn_model_head_out(t->m, k);
+    if (t->Kt[k] > Kmax) Kmax = t->Kt[k];
+  }
+  CHECK_USER(t->nt > 0 || t->K >= nclasses,
              "model.heads.%s: the head has %d outputs but the data has %d classes",
              t->m->heads[0].name, t->K, nclasses);
   nn_model_init_params(t->m, nn_key(e->seed, KEY_INIT));
@@ -229,7 +318,11 @@ static int setup(trainer *t) {
   t->pred = malloc(L * sizeof(int32_t));
   t->ids = malloc(L * sizeof(int64_t));
   t->idx = malloc(L * sizeof(int64_t));
-  t->dlogits = malloc(L * (size_t)t->K * sizeof(float));
+  t->dlogits = malloc(L * (size_t)Kmax * sizeof(float));
+  t->yt = malloc(L * sizeof(int32_t));
+  t->idx2 = malloc(L * sizeof(int64_t));
+  t->ids2 = malloc(L * sizeof(int64_t));
+  CHECK_ALLOC(t->yt && t->idx2 && t->ids2 ? t : NULL, L * sizeof(int64_t));
   t->scratch = malloc(2 * numel * sizeof(float) + 64);
   CHECK_ALLOC(t->x && t->y && t->pred && t->ids && t->idx && t->dlogits && t->scratch ? t : NULL,
               L * numel * sizeof(float));
@@ -375,23 +468,41 @@ static void teardown(trainer *t) {
   free(t->idx);
   free(t->dlogits);
   free(t->scratch);
+  free(t->yt);
+  free(t->idx2);
+  free(t->ids2);
 }
 
-/* Loss and accuracy over a split whose slice this rank holds. Collective. */
-static int evaluate(trainer *t, const nn_dataset *ds, double *loss, double *acc) {
+/* Loss and accuracy of task k (head k; k = 0 for single-task runs) over a
+ * split whose slice this rank holds. Collective. */
+static int evaluate_task(trainer *t, const nn_dataset *ds, int k, double *loss, double *acc) {
   double sums[3] = {0, 0, 0}; /* loss sum, correct, labelled */
   nn_pass p = {.training = 0};
+  const exp_task *task = t->nt ? &t->e->tasks[k] : NULL;
+  int K = t->nt ? t->Kt[k] : t->K;
   for (int64_t s = 0; s < ds->n; s += t->local_max) {
     int B = (int)((ds->n - s) < t->local_max ? (ds->n - s) : t->local_max);
     for (int i = 0; i < B; i++) t->idx[i] = s + i;
-    nn_data_batch(ds, t->idx, B, t->e->data.tf, t->e->data.ntf, 0, t->x, t->y, t->scratch);
+    const int32_t *y = t->y;
+    if (task && task->kind == EXP_LABEL_ROTATION) {
+      for (int i = 0; i < B; i++) t->ids[i] = ds->ids[s + i];
+      CHECK_CALL(rotated_batch(t, ds, t->idx, t->ids, B, t->e->data.tf, t->e->data.ntf, 0,
+                               0xe7a1ULL));
+      y = t->yt;
+    } else {
+      nn_data_batch(ds, t->idx, B, t->e->data.tf, t->e->data.ntf, 0, t->x, t->y, t->scratch);
+      if (task) {
+        derive_labels(task, t->y, B, t->yt);
+        y = t->yt;
+      }
+    }
     p.B = B;
-    const float *logits = nn_model_forward(t->m, 0, t->x, &p);
-    sums[0] += nn_loss_xent(logits, t->y, NULL, B, t->K, 0.0f, -1, 1.0, NULL);
-    nn_argmax(logits, B, t->K, t->pred);
+    const float *logits = nn_model_forward(t->m, k, t->x, &p);
+    sums[0] += nn_loss_xent(logits, y, NULL, B, K, 0.0f, -1, 1.0, NULL);
+    nn_argmax(logits, B, K, t->pred);
     for (int i = 0; i < B; i++) {
-      if (t->y[i] < 0) continue;
-      sums[1] += t->pred[i] == t->y[i];
+      if (y[i] < 0) continue;
+      sums[1] += t->pred[i] == y[i];
       sums[2] += 1;
     }
   }
@@ -401,8 +512,68 @@ static int evaluate(trainer *t, const nn_dataset *ds, double *loss, double *acc)
   return 0;
 }
 
+static int evaluate(trainer *t, const nn_dataset *ds, double *loss, double *acc) {
+  return evaluate_task(t, ds, 0, loss, acc);
+}
+
 static void sync_ready(void *ctx, size_t off, size_t len) {
   dist_grad_sync_ready(ctx, off, len);
+}
+
+/* Multi-task step on the B rows in t->idx: tasks on the plain input share
+ * one trunk forward; each rotation task runs the trunk on rotated copies.
+ * The joint loss is sum_t w_t L_t; trunk gradients are final (and reported
+ * to cb) only after the last trunk backward. */
+static int pass_tasks(trainer *t, int B, int epoch, int64_t step, double norm, nn_pass *p,
+                      nn_grad_ready_fn cb, void *ctx, double *loss_sum, double *correct) {
+  const exp_experiment *e = t->e;
+  const nn_dataset *ds = &t->d.train;
+  uint64_t aug_key = nn_hash64(nn_key(e->seed, KEY_AUG), (uint64_t)epoch);
+  int nrot = 0, nplain = 0;
+  for (int k = 0; k < t->nt; k++) {
+    if (e->tasks[k].kind == EXP_LABEL_ROTATION)
+      nrot++;
+    else
+      nplain++;
+  }
+  int trunk_passes = (nplain > 0) + nrot, done = 0;
+  if (nplain) {
+    nn_data_batch(ds, t->idx, B, t->tf_train, t->ntf_train, aug_key, t->x, t->y, t->scratch);
+    const float *feat = nn_model_forward_trunk(t->m, t->x, p);
+    for (int k = 0; k < t->nt; k++) {
+      if (e->tasks[k].kind == EXP_LABEL_ROTATION) continue;
+      derive_labels(&e->tasks[k], t->y, B, t->yt);
+      const float *lg = nn_model_forward_head(t->m, k, feat, p);
+      double w = task_weight(t, k);
+      double l = nn_loss_xent(lg, t->yt, NULL, B, t->Kt[k], e->label_smoothing, -1,
+                              w > 0 ? norm / w : norm * 1e30, t->dlogits);
+      t->task_loss[k] += w > 0 ? l * norm / w : 0;
+      *loss_sum += l * norm;
+      if (k == 0) {
+        nn_argmax(lg, B, t->Kt[k], t->pred);
+        for (int i = 0; i < B; i++) *correct += t->yt[i] >= 0 && t->pred[i] == t->yt[i];
+      }
+      nn_model_backward_head(t->m, k, feat, t->dlogits, p, cb, ctx);
+    }
+    nn_model_backward_trunk(t->m, p, ++done == trunk_passes ? cb : NULL, ctx);
+  }
+  for (int k = 0; k < t->nt; k++) {
+    if (e->tasks[k].kind != EXP_LABEL_ROTATION) continue;
+    CHECK_CALL(rotated_batch(t, ds, t->idx, t->ids, B, t->tf_train, t->ntf_train, aug_key,
+                             (uint64_t)step * 0x9e3779b97f4a7c15ULL + (uint64_t)k));
+    nn_pass pr = *p;
+    pr.ids = t->ids2;
+    const float *feat = nn_model_forward_trunk(t->m, t->x, &pr);
+    const float *lg = nn_model_forward_head(t->m, k, feat, &pr);
+    double w = task_weight(t, k);
+    double l = nn_loss_xent(lg, t->yt, NULL, B, t->Kt[k], e->label_smoothing, -1,
+                            w > 0 ? norm / w : norm * 1e30, t->dlogits);
+    t->task_loss[k] += w > 0 ? l * norm / w : 0;
+    *loss_sum += l * norm;
+    nn_model_backward_head(t->m, k, feat, t->dlogits, &pr, cb, ctx);
+    nn_model_backward_trunk(t->m, &pr, ++done == trunk_passes ? cb : NULL, ctx);
+  }
+  return 0;
 }
 
 /* Forward/backward over the rows of shards [m0, m1) of global batch b,
@@ -423,6 +594,7 @@ static int pass(trainer *t, int m0, int m1, int64_t b, int epoch, int64_t step, 
   }
   nn_pass p = {.B = B, .training = 1,
                .key = nn_hash64(nn_key(e->seed, KEY_DROP), (uint64_t)step), .ids = t->ids};
+  if (t->nt > 0) return pass_tasks(t, B, epoch, step, norm, &p, cb, ctx, loss_sum, correct);
   const float *logits;
   if (t->feats) {
     /* Frozen trunk: the head trains on features computed once. */
@@ -489,14 +661,16 @@ static int train_step(trainer *t, int64_t b, int epoch, int64_t step, float lr, 
   }
   double norm = labelled > 0 ? (double)labelled : 1.0;
   double loss_sum = 0, correct = 0;
+  memset(t->task_loss, 0, sizeof t->task_loss);
   CHECK_CALL(compute_gradient(t, b, epoch, step, norm, &loss_sum, &correct));
   /* Every rank learns whether any rank's loss was non-finite, and which. */
   /* ... and whether any rank was asked to stop (SIGTERM/SIGUSR1). */
   int stop_here = t->h && t->h->stop && *t->h->stop;
-  double st[4] = {isfinite(loss_sum) ? loss_sum : 0, correct,
+  double st[4 + EXP_MAX_TASKS] = {isfinite(loss_sum) ? loss_sum : 0, correct,
                   isfinite(loss_sum) ? 0 : ldexp(1.0, t->c->rank < 52 ? t->c->rank : 52),
                   stop_here ? 1.0 : 0.0};
-  CHECK_CALL(dist_allreduce_f64(t->c, st, 4));
+  for (int k = 0; k < t->nt; k++) st[4 + k] = t->task_loss[k];
+  CHECK_CALL(dist_allreduce_f64(t->c, st, 4 + (size_t)t->nt));
   t->stop_agreed = st[3] > 0;
   double gnorm = nn_grad_norm(t->m);
   if (st[2] != 0 || !isfinite(gnorm)) {
@@ -522,6 +696,13 @@ static int train_step(trainer *t, int64_t b, int epoch, int64_t step, float lr, 
   if (t->anchor) nn_l2sp_apply(t->m, t->anchor, "trunk", e->job.l2sp);
   if (e->clip_norm > 0) nn_clip_grad_norm(t->m, e->clip_norm);
   nn_optim_step(&t->opt, t->m, lr);
+  if (e->uncertainty)
+    /* Kendall et al.: loss sum_t exp(-s_t) L_t + s_t / 2, s_t = log sigma_t^2,
+     * one SGD step on s_t from the global task losses (the same on every rank). */
+    for (int k = 0; k < t->nt; k++) {
+      double Lt = st[4 + k] / norm;
+      t->log_var[k] -= lr * (0.5 - exp(-t->log_var[k]) * Lt);
+    }
   acc[0] += st[0];
   acc[1] += st[1];
   acc[2] += (double)labelled;
@@ -754,6 +935,13 @@ static int run(trainer *t, train_summary *out) {
   if (saving && last_saved != step && step > t->start_step)
     CHECK_CALL(save(t, step, step / per_epoch + 1, step % per_epoch));
   CHECK_CALL(evaluate(t, &t->d.test, &out->test_loss, &out->test_acc));
+  out->ntasks = t->nt;
+  for (int k = 0; k < t->nt && k < EXP_MAX_TASKS; k++) {
+    double l;
+    snprintf(out->task_name[k], sizeof out->task_name[k], "%s", e->tasks[k].name);
+    CHECK_CALL(evaluate_task(t, &t->d.test, k, &l, &out->task_acc[k]));
+    out->task_weight[k] = task_weight(t, k);
+  }
   out->val_acc = t->best ? t->best_acc : val_acc;
   out->train_s = train_s;
   out->train_samples_per_s = train_s > 0 ? (double)samples / train_s : 0;

@@ -51,6 +51,10 @@ typedef struct {
   double rss_mb[64];         /* peak RSS of each rank (first 64 ranks) */
   double sync_wait_s;        /* time blocked waiting for gradient sync */
   int64_t skipped_steps;     /* steps skipped by the nan: skip policy */
+  int ntasks;                /* multi-task: test accuracy of each task's head */
+  char task_name[EXP_MAX_TASKS][NN_NAME_MAX];
+  double task_acc[EXP_MAX_TASKS];
+  double task_weight[EXP_MAX_TASKS]; /* final effective weights */
   uint64_t trunk_hash;       /* nn_hash_bytes over the trunk's parameter bytes */
   double feature_cache_speedup; /* feature-extract: step time with the trunk / cached */
   int setup_failed;          /* the failure is known to every rank (set-up, a

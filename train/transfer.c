@@ -32,6 +32,8 @@ int transfer_job(const exp_experiment *base, const char *run_dir, const char *pr
 
   *je = *base;
   je->transfer.enabled = 0;
+  je->ntasks = 0; /* a job trains one head on its target */
+  je->uncertainty = 0;
   snprintf(je->name, sizeof je->name, "%s", r->id);
   je->seed = (uint64_t)r->seed;
   je->data = tg->data;

@@ -1,0 +1,43 @@
+# Multi-task joint training (class, coarse and rotation heads on one trunk):
+# per-step global loss at 2 ranks equals 1 rank within 1e-4 relative; in
+# deterministic mode the parameters are bitwise equal; uncertainty weighting
+# learns the weights; every head learns.
+. "$(dirname "$0")/lib.bash"
+F=$SRC/examples/multitask-fmnist.yaml
+D=/usr/share/datasets/fashion-mnist
+MPIRUN=(mpirun --allow-run-as-root --oversubscribe)
+# lr 0.01: at the example's 0.05 the first steps are chaotic (a rounding
+# difference of 1e-9 grows to 1e-2 in 25 steps, as in any framework), which
+# says nothing about the sync; the 1e-4 bound needs a contracting regime.
+S=(--progress plain --set train.steps=40 --set train.log_every=1 --set checkpoint.every_epoch=false
+   --set train.optimizer.lr=0.01
+   --set "data.train={format: idx, images: $D/train-images-idx3-ubyte.gz, labels: $D/train-labels-idx1-ubyte.gz, limit: 8000}"
+   --set "data.test={format: idx, images: $D/t10k-images-idx3-ubyte.gz, labels: $D/t10k-labels-idx1-ubyte.gz, limit: 2000}")
+for np in 1 2; do
+  expect 0 "task rotation" -- "${MPIRUN[@]}" -np $np "$FERRY" train "$F" --out "$TMP/d$np" "${S[@]}"
+  expect 0 "task rotation" -- "${MPIRUN[@]}" -np $np "$FERRY" train "$F" --out "$TMP/x$np" "${S[@]}" \
+    --set train.deterministic=true
+done
+/usr/bin/python3 - "$TMP" <<'PY' && ok || bad "multi-task per-step losses differ between 1 and 2 ranks"
+import json, sys
+d = sys.argv[1]
+a = [json.loads(l)["loss"] for l in open(f"{d}/d1/steps.jsonl")]
+b = [json.loads(l)["loss"] for l in open(f"{d}/d2/steps.jsonl")]
+assert len(a) == len(b) == 40, (len(a), len(b))
+worst = max(abs(x - y) / abs(x) for x, y in zip(a, b))
+print(f"multi-task np2 vs np1: worst relative loss difference {worst:.2e}")
+assert worst <= 1e-4
+s = json.load(open(f"{d}/d1/summary.json"))
+t = s["tasks"]
+assert set(t) == {"class10", "coarse", "rotation"}, t
+assert t["class10"]["test_acc"] > 0.5 and t["coarse"]["test_acc"] > 0.6 and t["rotation"]["test_acc"] > 0.4, t
+PY
+h1=$(grep -o '"param_hash": "[0-9a-f]*"' "$TMP/x1/summary.json")
+h2=$(grep -o '"param_hash": "[0-9a-f]*"' "$TMP/x2/summary.json")
+[ -n "$h1" ] && [ "$h1" = "$h2" ] && ok || bad "deterministic multi-task: $h1 vs $h2"
+expect 0 "task coarse" -- "$FERRY" train "$F" --out "$TMP/u" "${S[@]}" --set train.task_weighting=uncertainty
+/usr/bin/python3 -c "
+import json; t=json.load(open('$TMP/u/summary.json'))['tasks']
+assert all(abs(v['weight'] - 1.0) > 1e-4 for v in t.values()), t" && ok || bad "uncertainty weights did not move"
+expect 2 "coarse needs groups" -- "$FERRY" train "$F" --out "$TMP/bad" "${S[@]}" --set 'tasks=[{name: c, labels: coarse}]'
+finish
