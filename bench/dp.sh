@@ -18,6 +18,7 @@ usage: bench/dp.sh [options]
   --mem-steps-cnn K  (env DP_MEM_STEPS_CNN, default 30)
   --no-torch         skip the PyTorch DDP arm
   --no-mem           skip the N=1,2,4 memory runs
+  --no-machine       skip the 2-core sgemm check (bench_sgemm alone vs 2 copies at once)
   --quick            2 rounds, MLP 600 / CNN 60 steps, memory runs of 100 / 20 steps,
                      no retries (about 2 minutes)
   --wait-quiet S     before each round wait up to S seconds for the machine to be idle
@@ -33,7 +34,7 @@ usage: bench/dp.sh [options]
   --budget S         no retry or extra round once S seconds have passed
                      (env DP_BUDGET_S, default 540)
   --keep             keep the work directory (always kept on failure)
-env: FERRY (default build/ferry), MPIRUN (default mpirun), PYTHON (default /usr/bin/python3),
+env: FERRY (default build/ferry), BENCH_SGEMM (default build/bench/bench_sgemm), MPIRUN (default mpirun), PYTHON (default /usr/bin/python3),
      DP_WORKDIR (default mktemp -d), DP_EXAMPLES (default examples),
      DP_FERRY_SET ("key=value ..." extra --set for every ferry run),
      DP_N1_LAUNCH (direct | mpirun: how N=1 is started, default direct),
@@ -57,6 +58,7 @@ N1_LAUNCH=${DP_N1_LAUNCH:-direct}
 CHECK_EVERY=${DP_CHECK_EVERY:-0}
 TORCH=1
 MEM=1
+MACHINE=1
 KEEP=0
 QUICK=0
 while [ $# -gt 0 ]; do
@@ -69,6 +71,7 @@ while [ $# -gt 0 ]; do
     --mem-steps-cnn) MEM_CNN=$2; shift 2 ;;
     --no-torch) TORCH=0; shift ;;
     --no-mem) MEM=0; shift ;;
+    --no-machine) MACHINE=0; shift ;;
     --quick) QUICK=1; PAIRS=2; MLP_STEPS=600; CNN_STEPS=60; MEM_MLP=100; MEM_CNN=20
              RUN_RETRIES=0; EXTRA_ROUNDS=0; shift ;;
     --retries) RUN_RETRIES=$2; shift 2 ;;
@@ -83,6 +86,7 @@ while [ $# -gt 0 ]; do
 done
 
 FERRY=${FERRY:-$ROOT/build/ferry}
+BENCH_SGEMM=${BENCH_SGEMM:-$ROOT/build/bench/bench_sgemm}
 MPIRUN=${MPIRUN:-mpirun}
 PYTHON=${PYTHON:-/usr/bin/python3}
 EXAMPLES=${DP_EXAMPLES:-$ROOT/examples}
@@ -236,6 +240,27 @@ wait_quiet() {
   fi
 }
 
+# --- machine check: does the machine give 2 cores' worth of compute? ---------------
+# bench_sgemm (1 thread) alone on CPU 0, then two copies at once on CPUs 0
+# and 1; run before and after the rounds. Skipped if bench_sgemm is not built.
+MACHINE_FILES=()
+machine_check() {  # machine_check LABEL
+  [ "$MACHINE" = 1 ] || return 0
+  if [ ! -x "$BENCH_SGEMM" ] || ! command -v taskset >/dev/null; then
+    log "machine check skipped ($BENCH_SGEMM or taskset missing)"; return 0
+  fi
+  local d=$WORK/machine-$1 pid
+  mkdir -p "$d"
+  cut -d' ' -f1 /proc/loadavg >"$d/loadavg"
+  taskset -c 0 "$BENCH_SGEMM" --threads 1 --reps 5 >"$d/alone.json" || die "bench_sgemm failed"
+  taskset -c 0 "$BENCH_SGEMM" --threads 1 --reps 5 >"$d/pair0.json" & pid=$!
+  taskset -c 1 "$BENCH_SGEMM" --threads 1 --reps 5 >"$d/pair1.json" || die "bench_sgemm failed"
+  wait "$pid" || die "bench_sgemm failed"
+  MACHINE_FILES+=("$1=$d")
+  log "machine check $1: $("$PYTHON" "$HELPER" machine "$d")"
+}
+machine_check before
+
 # --- timed rounds ------------------------------------------------------------------
 # Each round runs every arm once; odd rounds in this order, even rounds
 # reversed (A B .. B A), so no arm is always first after a pause or always
@@ -294,6 +319,8 @@ for model in $MODELS; do
   done
 done
 
+machine_check after
+
 # --- report ------------------------------------------------------------------------
 LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
 CONFIG=$WORK/config.json
@@ -343,5 +370,6 @@ json.dump({
     "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
 }, open(sys.argv[1], "w"))
 EOF
-"$PYTHON" "$HELPER" report "$RECORDS" "$CONFIG" "$ATTEMPTS"
+MACHINE_ARG=$(IFS=,; echo "${MACHINE_FILES[*]:-}")
+"$PYTHON" "$HELPER" report "$RECORDS" "$CONFIG" "$ATTEMPTS" "${MACHINE_ARG:--}"
 log "done in $(( $(date +%s) - T_START )) s"

@@ -4,7 +4,9 @@
   dp_summarize.py run RUN_DIR META_JSON -- CMD...   run one benchmark process
   dp_summarize.py quiet MAX_WAIT_S THRESHOLD_CORES  wait until the cores are idle
   dp_summarize.py roundnoise RECORDS.jsonl MODEL PAIR  -> max other_cpu_cores of a round
-  dp_summarize.py report RECORDS.jsonl CONFIG.json [ATTEMPTS.jsonl] -> the report
+  dp_summarize.py machine DIR                       -> one line on the 2-core sgemm check
+  dp_summarize.py report RECORDS.jsonl CONFIG.json [ATTEMPTS.jsonl [LABEL=DIR,..|-]]
+                                                    -> the report
 
 `run` executes CMD (cwd unchanged) with stdout/stderr to RUN_DIR/{stdout,stderr}
 and prints one JSON record: META plus what the run measured (ferry:
@@ -226,7 +228,7 @@ def check(value, op, target):
     return value >= target if op == ">=" else value <= target
 
 
-def cmd_report(records_path, config_path, attempts_path=None):
+def cmd_report(records_path, config_path, attempts_path=None, machine_arg="-"):
     with open(config_path) as f:
         config = json.load(f)
     recs = []
@@ -244,13 +246,21 @@ def cmd_report(records_path, config_path, attempts_path=None):
 
         # 1. scaling
         c = compare(recs, model, "n2", "n1", lambda a, b: sps(a) / sps(b), thr)
+        ceil = compare(recs, model, "n2_nosync", "n1", lambda a, b: sps(a) / sps(b), thr)
         m["scaling"] = {"what": "train_samples_per_s N=2 / N=1, 1 BLAS thread per rank",
                         "n1": arm_numbers(recs, model, "n1"), "n2": arm_numbers(recs, model, "n2"),
-                        "ratio_n2_over_n1": c}
+                        "ratio_n2_over_n1": c,
+                        "ceiling_n2_nosync_over_n1": ceil,
+                        "ceiling_note": "N=2 without gradient communication over N=1: what "
+                                        "scaling would be with free communication (data "
+                                        "split, per-step barrier and the machine's 2 cores "
+                                        "included)"}
         if model == "cnn":
             add_target(targets, model, "scaling N2/N1 samples/s", ">= 1.8", c, ">=", 1.8)
         else:
             add_target(targets, model, "scaling N2/N1 samples/s", "none (reported)", c)
+        add_target(targets, model, "scaling ceiling: N2 no-sync / N1 samples/s",
+                   "none (context for the scaling figure)", ceil)
 
         # 2. overlap: time per step with sync / without = sps_nosync / sps_sync
         c = compare(recs, model, "n2", "n2_nosync", lambda a, b: sps(b) / sps(a), thr)
@@ -338,9 +348,15 @@ def cmd_report(records_path, config_path, attempts_path=None):
                         superseded.append({k: a.get(k) for k in (
                             "id", "attempt", "train_samples_per_s", "sync_wait_s",
                             "other_cpu_cores", "loadavg_before")})
+    machine = {}
+    if machine_arg and machine_arg != "-":
+        for item in machine_arg.split(","):
+            label, d = item.split("=", 1)
+            machine[label] = machine_numbers(d)
     report = {
         "bench": "ferry-data-parallel",
         "config": config,
+        "machine_two_core_check": machine or None,
         "targets": targets,
         "models": models,
         "noise": {"runs_with_other_cpu_over_threshold": noisy,
@@ -351,6 +367,31 @@ def cmd_report(records_path, config_path, attempts_path=None):
         "superseded_attempts": superseded,
     }
     print(json.dumps(report, indent=2))
+
+
+def machine_numbers(d):
+    """bench_sgemm alone (CPU 0) vs two copies at once (CPUs 0, 1)."""
+    def run(name):
+        with open(os.path.join(d, name)) as f:
+            return json.load(f)["runs"][0]
+    a, p0, p1 = run("alone.json"), run("pair0.json"), run("pair1.json")
+    out = {"loadavg_before": None}
+    try:
+        with open(os.path.join(d, "loadavg")) as f:
+            out["loadavg_before"] = float(f.read())
+    except (OSError, ValueError):
+        pass
+    for k in ("sq1024_gflops", "mlp_step_gflops"):
+        out[k] = {"alone": a[k], "pair": [p0[k], p1[k]],
+                  "two_process_scaling": round((p0[k] + p1[k]) / a[k], 3)}
+    return out
+
+
+def cmd_machine(d):
+    m = machine_numbers(d)
+    print(f"sgemm 1024^3 alone {m['sq1024_gflops']['alone']:.0f} GFLOP/s, two at once "
+          f"{m['sq1024_gflops']['pair'][0]:.0f} + {m['sq1024_gflops']['pair'][1]:.0f} "
+          f"(x{m['sq1024_gflops']['two_process_scaling']:.2f})")
 
 
 def cmd_roundnoise(records_path, model, pair):
@@ -372,12 +413,14 @@ def main(argv):
         cmd_run(argv[2], argv[3], argv[5:])
     elif len(argv) == 4 and argv[1] == "quiet":
         cmd_quiet(argv[2], argv[3])
-    elif len(argv) in (4, 5) and argv[1] == "report":
+    elif len(argv) == 3 and argv[1] == "machine":
+        cmd_machine(argv[2])
+    elif len(argv) in (4, 5, 6) and argv[1] == "report":
         cmd_report(*argv[2:])
     else:
         fail("usage: dp_summarize.py run RUN_DIR META_JSON -- CMD... | "
              "quiet MAX_WAIT_S THRESHOLD | roundnoise RECORDS.jsonl MODEL PAIR | "
-             "report RECORDS.jsonl CONFIG.json [ATTEMPTS.jsonl]")
+             "machine DIR | report RECORDS.jsonl CONFIG.json [ATTEMPTS.jsonl [LABEL=DIR,...|-]]")
 
 
 if __name__ == "__main__":
