@@ -30,7 +30,8 @@ int cfg_load_string(exp_experiment *e, const char *yaml_text, const char *name,
 
 /* 64-bit hash (FNV-1a, each piece length-prefixed) of the experiment text and
  * the overrides in order: the same file with the same --set arguments hashes
- * the same on every rank and every run. Pure function. */
+ * the same on every rank and every run. checkpoint.resume overrides are left
+ * out: where a run resumes from does not change what it computes. Pure. */
 uint64_t cfg_text_hash(const char *text, size_t len, const char *const *sets, int nsets);
 
 /* cfg_text_hash of the file at path. Returns 0, or FERRY_EUSER naming the path
