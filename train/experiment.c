@@ -15,7 +15,7 @@ void exp_defaults(exp_experiment *e) {
   e->data.val_frac = 0.0;
   e->epochs = 1;
   e->batch = 128;
-  e->eval_batch = 1000;
+  e->eval_batch = 256; /* bounds the activation workspace (CNN: ~250 MB more at 1000) */
   e->opt.kind = NN_OPT_SGD;
   e->opt.lr = 0.05f;
   e->opt.momentum = 0.9f;
