@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # README command 2 (and CI): install what is missing, build with warnings as
 # errors, run the whole ctest suite, then the unit tests again under ASan+UBSan.
+# (CLI tests read JSON with /usr/bin/python3, hence python3-minimal.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash cluster/setup-debian.sh time clang libclang-rt-14-dev
+bash cluster/setup-debian.sh time clang libclang-rt-14-dev python3-minimal
 jobs=$(nproc)
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DFERRY_WERROR=ON >/dev/null
 cmake --build build -j"$jobs"
