@@ -389,9 +389,8 @@ static int run_transfer(exp_experiment *e, const char *root, const train_summary
     if (!pl.results) rc = ferry_err_set(FERRY_ERUNTIME, __FILE__, __LINE__, __func__, "cannot write %s", path);
     int skipped = 0;
     for (int i = 0; i < n; i++) skipped += skip[i];
-    printf("transfer: %d jobs (%d targets x %d strategies x %d K x %d seeds) from %s%s\n", n,
-           e->transfer.ntargets, e->transfer.nstrategies, e->transfer.nk, e->transfer.nseeds, ckpt,
-           skipped ? "" : "");
+    printf("transfer: %d jobs (%d targets x %d strategies x %d K x %d seeds) from %s\n", n,
+           e->transfer.ntargets, e->transfer.nstrategies, e->transfer.nk, e->transfer.nseeds, ckpt);
     if (skipped) printf("transfer: %d jobs already finished in %s/results.jsonl: skipped\n", skipped, root);
     fflush(stdout);
   }
