@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "dist/comm.h"
+#include "dist/topology.h"
 #include "launch/commands.h"
 #include "launch/config.h"
 #include "launch/report_io.h"
@@ -271,6 +272,7 @@ typedef struct {
   presenter job;       /* the running job's files (no console lines) */
   const exp_experiment *je; /* the running job */
   FILE *results;       /* RUN_DIR/results.jsonl */
+  const char *root;    /* RUN_DIR (the report is rewritten as results arrive) */
   double t0;
   int done, failed;
 } pipeline;
@@ -281,8 +283,8 @@ static double wall_now(void) {
   return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-static void on_job_start(void *ctx, int i, int n, const transfer_result *r,
-                         const exp_experiment *je) {
+/* Leader of the group that runs a job: its metrics file. */
+static void on_job_start(void *ctx, const transfer_result *r, const exp_experiment *je) {
   pipeline *pl = ctx;
   pl->je = je;
   memset(&pl->job, 0, sizeof pl->job);
@@ -292,25 +294,45 @@ static void on_job_start(void *ctx, int i, int n, const transfer_result *r,
     snprintf(path, sizeof path, "%s/metrics.jsonl", r->dir);
     pl->job.metrics = fopen(path, "w");
   }
-  printf("[%d/%d] %s ...", i + 1, n, r->id);
+}
+
+static void on_job_end(void *ctx, const transfer_result *r, const exp_experiment *je) {
+  pipeline *pl = ctx;
+  if (pl->job.metrics) fclose(pl->job.metrics);
+  pl->job.metrics = NULL;
+  if (r->ok && write_summary(r->dir, je, &r->sum)) ferry_err_clear();
+}
+
+static void progress_prefix(const transfer_progress *p, char *buf, size_t n) {
+  char etab[32];
+  io_fmt_duration(etab, sizeof etab, p->eta_s);
+  snprintf(buf, n, "[%d/%d done, %d failed, %d running, ETA %s]", p->done, p->total, p->failed,
+           p->running, etab);
+}
+
+/* Coordinator: a failed run that goes back into the queue. */
+static void on_retry(void *ctx, const transfer_result *r, const transfer_progress *p) {
+  (void)ctx;
+  char pre[128];
+  progress_prefix(p, pre, sizeof pre);
+  printf("%s %s failed (attempt %d, lr %g, group %d): %s; retrying at a lower learning rate\n",
+         pre, r->id, r->attempt + 1, (double)r->lr, r->group, r->reason);
   fflush(stdout);
 }
 
-static void on_job_done(void *ctx, int i, int n, const transfer_result *r) {
+/* Coordinator: a job's final result goes to the console and results.jsonl,
+ * and the report is rewritten, as results arrive. */
+static void on_result(void *ctx, const transfer_result *r, const transfer_progress *p) {
   pipeline *pl = ctx;
-  (void)i;
-  if (pl->job.metrics) fclose(pl->job.metrics);
-  pl->job.metrics = NULL;
   pl->done++;
   pl->failed += !r->ok;
-  if (r->ok && write_summary(r->dir, pl->je, &r->sum)) ferry_err_clear();
-  double el = wall_now() - pl->t0, eta = el / pl->done * (n - i - 1);
-  char etab[32];
-  io_fmt_duration(etab, sizeof etab, eta);
+  char pre[128];
+  progress_prefix(p, pre, sizeof pre);
   if (r->ok)
-    printf(" test_acc %.4f  %.1fs  (ETA %s)\n", r->sum.test_acc, r->sum.wall_s, etab);
+    printf("%s %s test_acc %.4f  %.1fs  (group %d, %d rank%s)\n", pre, r->id, r->sum.test_acc,
+           r->sum.wall_s, r->group, r->ranks, r->ranks == 1 ? "" : "s");
   else
-    printf(" FAILED: %s\n", r->reason);
+    printf("%s %s FAILED (group %d): %s\n", pre, r->id, r->group, r->reason);
   fflush(stdout);
   FILE *f = pl->results;
   if (!f) return;
@@ -322,6 +344,8 @@ static void on_job_done(void *ctx, int i, int n, const transfer_result *r) {
   json_str(f, exp_strategy_names[r->strategy]);
   fprintf(f, ", \"k\": %d, \"seed\": %lld, \"status\": \"%s\"", r->k, (long long)r->seed,
           r->ok ? "ok" : "failed");
+  fprintf(f, ", \"lr\": %.6g", (double)r->lr);
+  fprintf(f, ", \"attempt\": %d, \"group\": %d, \"ranks\": %d", r->attempt, r->group, r->ranks);
   if (!r->ok) {
     fputs(", \"reason\": ", f);
     json_str(f, r->reason);
@@ -336,35 +360,45 @@ static void on_job_done(void *ctx, int i, int n, const transfer_result *r) {
     json_num(f, r->sum.wall_s);
     fputs(", \"train_s\": ", f);
     json_num(f, r->sum.train_s);
-    fprintf(f, ", \"steps\": %lld, \"curve\": \"jobs/%s/metrics.jsonl\"", (long long)r->sum.steps,
-            r->id);
+    fputs(", \"job_s\": ", f);
+    json_num(f, r->job_s);
+    fprintf(f, ", \"steps\": %lld, \"param_hash\": \"%016llx\", \"curve\": \"jobs/%s/metrics.jsonl\"",
+            (long long)r->sum.steps, (unsigned long long)r->sum.param_hash, r->id);
     if (r->strategy == EXP_STRAT_FEATURE) {
       fputs(", \"extra\": {\"feature_cache_speedup\": ", f);
       json_num(f, r->sum.feature_cache_speedup);
+      fputs("}", f);
+    } else if (r->strategy == EXP_STRAT_PROBE) {
+      fputs(", \"extra\": {\"lambda\": ", f);
+      json_num(f, r->sum.probe_lambda);
+      fputs(", \"solve_s\": ", f);
+      json_num(f, r->sum.probe_solve_s);
       fputs("}", f);
     }
   }
   fputs("}\n", f);
   fflush(f);
+  if (pl->root && report_write(pl->root, 0)) ferry_err_clear();
 }
 
 /* Jobs already finished in RUN_DIR/results.jsonl (a rerun skips them). */
 static void finished_jobs(const exp_experiment *e, const char *root, unsigned char *skip, int n) {
-  char path[EXP_PATH_MAX + 32], line[4096];
+  char path[EXP_PATH_MAX + 32], line[8192];
   snprintf(path, sizeof path, "%s/results.jsonl", root);
   FILE *f = fopen(path, "r");
   if (!f) return;
   exp_experiment *je = malloc(sizeof *je);
+  char(*want)[200] = calloc((size_t)n, sizeof *want);
   transfer_result r;
-  while (je && fgets(line, sizeof line, f)) {
+  for (int i = 0; je && want && i < n; i++)
+    if (!transfer_job(e, root, "", i, je, &r)) snprintf(want[i], sizeof want[i], "{\"job\": \"%s\"", r.id);
+  ferry_err_clear();
+  while (je && want && fgets(line, sizeof line, f)) {
     if (!strstr(line, "\"status\": \"ok\"")) continue;
-    for (int i = 0; i < n; i++) {
-      char want[200];
-      if (transfer_job(e, root, "", i, je, &r)) continue;
-      snprintf(want, sizeof want, "{\"job\": \"%s\"", r.id);
-      if (!strncmp(line, want, strlen(want))) skip[i] = 1;
-    }
+    for (int i = 0; i < n; i++)
+      if (want[i][0] && !strncmp(line, want[i], strlen(want[i]))) skip[i] = 1;
   }
+  free(want);
   free(je);
   fclose(f);
 }
@@ -389,8 +423,15 @@ static int run_transfer(exp_experiment *e, const char *root, const train_summary
     if (!pl.results) rc = ferry_err_set(FERRY_ERUNTIME, __FILE__, __LINE__, __func__, "cannot write %s", path);
     int skipped = 0;
     for (int i = 0; i < n; i++) skipped += skip[i];
-    printf("transfer: %d jobs (%d targets x %d strategies x %d K x %d seeds) from %s\n", n,
-           e->transfer.ntargets, e->transfer.nstrategies, e->transfer.nk, e->transfer.nseeds, ckpt);
+    int g = e->transfer.group_size <= 0 || e->transfer.group_size > world->size
+                ? world->size
+                : e->transfer.group_size;
+    int lrs = e->transfer.nlrs > 0 ? e->transfer.nlrs : 1;
+    printf("transfer: %d jobs (%d targets x %d strategies x %d K x %d seeds x %d lr) from %s\n", n,
+           e->transfer.ntargets, e->transfer.nstrategies, e->transfer.nk, e->transfer.nseeds, lrs,
+           ckpt);
+    printf("transfer: %d worker group%s of %d rank%s; rank 0 coordinates and trains in group 0\n",
+           (world->size + g - 1) / g, (world->size + g - 1) / g == 1 ? "" : "s", g, g == 1 ? "" : "s");
     if (skipped) printf("transfer: %d jobs already finished in %s/results.jsonl: skipped\n", skipped, root);
     fflush(stdout);
   }
@@ -403,8 +444,9 @@ static int run_transfer(exp_experiment *e, const char *root, const train_summary
   }
   train_hooks jh = {.on_epoch = on_epoch, .ctx = &pl.job};
   pl.job.quiet = 1;
-  transfer_hooks th = {.on_job_start = on_job_start, .on_job_done = on_job_done,
-                       .job_hooks = &jh, .ctx = &pl};
+  pl.root = world->rank == 0 ? root : NULL;
+  transfer_hooks th = {.on_job_start = on_job_start, .on_job_end = on_job_end,
+                       .on_result = on_result, .on_retry = on_retry, .job_hooks = &jh, .ctx = &pl};
   rc = transfer_run(e, root, ckpt, skip, world, &th);
   free(skip);
   if (pl.results) fclose(pl.results);
@@ -502,25 +544,15 @@ int cmd_train(int argc, char **argv) {
     return agreed;
   }
   pr.bar = e.progress == 1 || (e.progress == -1 && isatty(STDOUT_FILENO));
-  int nhosts = 1, most = 1, mine = 1;
-  if (dist_layout(&world, &nhosts, &most, &mine)) {
+  /* The layout, once: hosts, ranks per host, BLAS threads, MPI transport. */
+  dist_topology topo;
+  if (dist_topology_describe(&world, e.threads > 0 ? e.threads : openblas_get_num_threads(), &topo)) {
     launch_print_error(world.rank);
     dist_abort(&world, 1);
   }
   if (world.rank == 0) {
-    char host[256];
-    dist_hostname(host, sizeof host);
-    int threads = e.threads > 0 ? e.threads : openblas_get_num_threads();
-    long cores = sysconf(_SC_NPROCESSORS_ONLN);
-    printf("ferry %s: %d rank%s on %d host%s (up to %d per host; rank 0 on %s), %d BLAS "
-           "thread%s per rank, run directory %s\n",
-           FERRY_VERSION, world.size, world.size == 1 ? "" : "s", nhosts, nhosts == 1 ? "" : "s",
-           most, host, threads, threads == 1 ? "" : "s", e.out_dir);
-    if ((long)most * threads > cores)
-      fprintf(stderr, "ferry: warning: %d ranks x %d BLAS thread%s on one host exceed its %ld cores: %s\n",
-              most, threads, threads == 1 ? "" : "s", cores,
-              threads > 1 ? "set OPENBLAS_NUM_THREADS=1 (or train.threads: 1)"
-                          : "ranks will share cores and steps will be slower");
+    printf("ferry %s: %s; run directory %s\n", FERRY_VERSION, topo.line, e.out_dir);
+    if (topo.warn[0]) fprintf(stderr, "%s\n", topo.warn);
     fflush(stdout);
   }
   install_stop_handlers();

@@ -612,6 +612,7 @@ typedef struct {
 #define R_GT(x) {.lo = (x), .lo_set = 1, .lo_open = 1}
 #define R_CO(a, b) {.lo = (a), .hi = (b), .lo_set = 1, .hi_set = 1, .hi_open = 1}
 #define R_CC(a, b) {.lo = (a), .hi = (b), .lo_set = 1, .hi_set = 1}
+#define R_OC(a, b) {.lo = (a), .hi = (b), .lo_set = 1, .hi_set = 1, .lo_open = 1}
 
 typedef struct cfg_key cfg_key;
 /* Converts node n into base (the parent's base plus key->off). For K_SECT the
@@ -1622,7 +1623,8 @@ static int conv_strategies(cfg_ctx *c, const cfg_node *n, const char *path, cons
   char fb[64], sub[CFG_PATH];
   exp_transfer *x = base;
   if (n->kind != N_SEQ || n->n == 0 || n->n > EXP_MAX_GRID)
-    FAIL(n, path, "expected a list of 1 to %d strategies (scratch, feature-extract, finetune), "
+    FAIL(n, path, "expected a list of 1 to %d strategies (scratch, feature-extract, finetune, "
+         "linear-probe), "
          "found %s", EXP_MAX_GRID, found(n, fb, sizeof fb));
   for (int i = 0; i < n->n; i++) {
     int v;
@@ -1681,6 +1683,41 @@ static int conv_thead(cfg_ctx *c, const cfg_node *n, const char *path, const cfg
   return conv_stack(c, n, path, &x->head, "main");
 }
 
+/* A positive number or a list of them (learning rates, ridge penalties). */
+static int conv_num_list(const cfg_node *n, const char *path, double *out, int *count) {
+  char fb[64], sub[CFG_PATH];
+  cfg_range r = {.lo = 0, .lo_set = 1, .lo_open = 1};
+  if (n->kind == N_SCALAR) {
+    *count = 1;
+    return conv_num(n, path, &r, 0, 0, &out[0]);
+  }
+  if (n->kind != N_SEQ || n->n == 0 || n->n > EXP_MAX_GRID)
+    FAIL(n, path, "expected a positive number or a list of 1 to %d of them, found %s", EXP_MAX_GRID,
+         found(n, fb, sizeof fb));
+  for (int i = 0; i < n->n; i++) {
+    path_idx(sub, path, i);
+    CHECK_CALL(conv_num(n->val[i], sub, &r, 0, 0, &out[i]));
+  }
+  *count = n->n;
+  return 0;
+}
+
+static int conv_lrs(cfg_ctx *c, const cfg_node *n, const char *path, const cfg_key *k, void *base) {
+  (void)c, (void)k;
+  exp_transfer *x = base;
+  double v[EXP_MAX_GRID];
+  CHECK_CALL(conv_num_list(n, path, v, &x->nlrs));
+  for (int i = 0; i < x->nlrs; i++) x->lrs[i] = (float)v[i];
+  return 0;
+}
+
+static int conv_lambdas(cfg_ctx *c, const cfg_node *n, const char *path, const cfg_key *k,
+                        void *base) {
+  (void)c, (void)k;
+  exp_transfer *x = base;
+  return conv_num_list(n, path, x->lambdas, &x->nlambdas);
+}
+
 static const cfg_key k_finetune[] = {
     {.name = "trunk_lr_mult", .kind = K_F32, KF(exp_job, trunk_lr_mult), .r = R_GE(0),
      .doc = "learning-rate multiplier of the trunk (the head keeps 1)"},
@@ -1701,7 +1738,7 @@ static const cfg_key k_transfer[] = {
     {.name = "targets", .kind = K_FUNC, .fn = conv_targets, .flags = F_REQ, .sub = k_target,
      .type = "list of {name, data}", .doc = "target domains"},
     {.name = "strategies", .kind = K_FUNC, .fn = conv_strategies,
-     .type = "list of scratch | feature-extract | finetune", .def = "[scratch, feature-extract, finetune]",
+     .type = "list of scratch | feature-extract | finetune | linear-probe", .def = "[scratch, feature-extract, finetune]",
      .doc = "strategies to compare (scratch is the baseline)"},
     {.name = "k", .kind = K_FUNC, .fn = conv_kgrid, .type = "int or list of ints", .def = "0",
      .doc = "labelled training samples per class, drawn per seed (0 = all)"},
@@ -1721,6 +1758,19 @@ static const cfg_key k_transfer[] = {
      .sub = k_sched, .type = "mapping or name", .doc = "learning-rate schedule of the jobs"},
     {.name = "finetune", .kind = K_SECT, .off = offsetof(exp_transfer, finetune), .sub = k_finetune,
      .type = "mapping", .doc = "options of the finetune strategy"},
+    {.name = "lrs", .kind = K_FUNC, .fn = conv_lrs, .type = "number or list of numbers",
+     .def = "the optimizer's lr", .doc = "learning-rate grid: one job per value (job ids get .lr<value>)"},
+    {.name = "lambdas", .kind = K_FUNC, .fn = conv_lambdas, .type = "number or list of numbers",
+     .def = "[1e-4, 1e-3, 1e-2, 0.1, 1, 10]",
+     .doc = "linear-probe: ridge penalties tried; the best on the validation split is kept"},
+    {.name = "group_size", .kind = K_INT, KF(exp_transfer, group_size), .r = R_GE(0),
+     .doc = "ranks per worker group (each group trains one job at a time, data-parallel); "
+            "0 = one group of all ranks"},
+    {.name = "retries", .kind = K_INT, KF(exp_transfer, retries), .r = R_CC(0, 10),
+     .doc = "re-runs of a job that failed at run time (non-finite loss, divergence); bad input "
+            "is never retried"},
+    {.name = "retry_lr_scale", .kind = K_F32, KF(exp_transfer, retry_lr_scale), .r = R_OC(0, 1),
+     .doc = "each retry multiplies the job's learning rate by this"},
     {.name = NULL}};
 
 /* Runs only when the section is present: the transfer stage is on. */
@@ -1768,6 +1818,15 @@ static int conv_task_head(cfg_ctx *c, const cfg_node *n, const char *path, const
   return conv_stack(c, n, path, &t->head, t->name);
 }
 
+/* Runs only when a task has a data section: it trains on its own data. */
+static int check_task_data(cfg_ctx *c, const cfg_node *n, const char *path, const cfg_key *k,
+                           void *base) {
+  (void)c, (void)n, (void)path, (void)k;
+  exp_task *t = (exp_task *)((char *)base - offsetof(exp_task, data));
+  t->has_data = 1;
+  return 0;
+}
+
 static const cfg_key k_task[] = {
     {.name = "name", .kind = K_STR, KF(exp_task, name), .flags = F_REQ | F_NONEMPTY | F_IDENT,
      .doc = "task name (its head is named after it)"},
@@ -1780,6 +1839,9 @@ static const cfg_key k_task[] = {
      .doc = "w_t in the joint loss sum_t w_t L_t (static weighting)"},
     {.name = "head", .kind = K_FUNC, .fn = conv_task_head, .type = "list of layers",
      .def = "[{dense: outputs}]", .doc = "the task's head on the shared trunk"},
+    {.name = "data", .kind = K_SECT, .off = offsetof(exp_task, data), .sub = k_data,
+     .fn = check_task_data, .type = "mapping",
+     .doc = "the task's own dataset, like the top-level data section (default: the experiment's)"},
     {.name = NULL}};
 
 static int conv_tasks(cfg_ctx *c, const cfg_node *n, const char *path, const cfg_key *k,

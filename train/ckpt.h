@@ -21,6 +21,7 @@
 #define CKPT_DEFAULT_CHUNK_BYTES ((size_t)64 << 20)
 #define CKPT_MAX_DATASETS 16
 #define CKPT_DATASET_NAME_MAX 256
+#define CKPT_MAX_TASKS 16
 
 typedef struct {
   char name[CKPT_DATASET_NAME_MAX];
@@ -38,6 +39,8 @@ typedef struct {
   int ndatasets;
   ckpt_dataset datasets[CKPT_MAX_DATASETS];
   int world_size;           /* ranks of the job that saved */
+  int ntask_log_var;        /* multi-task uncertainty weighting: learned */
+  double task_log_var[CKPT_MAX_TASKS]; /* s_t = log sigma_t^2 per task (0 = none) */
   /* Filled by ckpt_write (caller's values ignored), read back by ckpt_open: */
   char ferry_version[32];   /* FERRY_VERSION of the writer */
   char saved_utc[32];       /* "YYYY-MM-DDTHH:MM:SSZ" */

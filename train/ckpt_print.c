@@ -135,7 +135,9 @@ static void print_json(const ckpt_file *f, FILE *out) {
     json_str(out, m->datasets[i].name);
     fprintf(out, ", \"digest\": \"%016" PRIx64 "\"}", m->datasets[i].digest);
   }
-  fprintf(out, "]},\n \"model\": {\"input\": {\"c\": %d, \"h\": %d, \"w\": %d, \"spatial\": %s}, "
+  fputs("]},\n \"task_log_var\": [", out);
+  for (int i = 0; i < m->ntask_log_var; i++) fprintf(out, "%s%.17g", i ? ", " : "", m->task_log_var[i]);
+  fprintf(out, "],\n \"model\": {\"input\": {\"c\": %d, \"h\": %d, \"w\": %d, \"spatial\": %s}, "
                "\"init\": \"%s\",\n  \"trunk\": ",
           s->in.c, s->in.h, s->in.w, s->in_spatial ? "true" : "false", nn_init_names[s->init]);
   json_stack(out, &s->trunk);
@@ -194,6 +196,11 @@ static void print_text(const ckpt_file *f, FILE *out) {
           m->saved_utc[0] ? m->saved_utc : "?", m->world_size, m->world_size == 1 ? "" : "s");
   for (int i = 0; i < m->ndatasets; i++)
     fprintf(out, "dataset %s digest %016" PRIx64 "\n", m->datasets[i].name, m->datasets[i].digest);
+  if (m->ntask_log_var > 0) {
+    fputs("task uncertainty log(sigma^2):", out);
+    for (int i = 0; i < m->ntask_log_var; i++) fprintf(out, " %.6g", m->task_log_var[i]);
+    fputc('\n', out);
+  }
   fprintf(out, "model: input %dx%dx%d (%s), init %s\n  trunk:\n", s->in.c, s->in.h, s->in.w,
           s->in_spatial ? "spatial" : "flat", nn_init_names[s->init]);
   for (int i = 0; i < s->trunk.nlayers; i++) text_layer(out, &s->trunk.layers[i]);

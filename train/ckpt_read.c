@@ -209,6 +209,13 @@ static int meta_from_pb(ckpt_file *f, size_t at, const Ferry__CheckpointHeader *
     CORRUPT_IF(p->world_size < 0, at, "header: negative world size %d", p->world_size);
     m->world_size = p->world_size;
   }
+  CORRUPT_IF(h->n_task_log_var > CKPT_MAX_TASKS, at, "header: %zu task weights, at most %d allowed",
+             h->n_task_log_var, CKPT_MAX_TASKS);
+  m->ntask_log_var = (int)h->n_task_log_var;
+  for (int i = 0; i < m->ntask_log_var; i++) {
+    CORRUPT_IF(!isfinite(h->task_log_var[i]), at, "header: task weight %d is not finite", i);
+    m->task_log_var[i] = h->task_log_var[i];
+  }
   return 0;
 }
 

@@ -128,6 +128,8 @@ static void meta_to_pb(header_msg *hm, const ckpt_meta *meta, const nn_optim *o)
   hm->prov.saved_utc = hm->utc;
   hm->prov.world_size = meta->world_size;
   h->provenance = &hm->prov;
+  h->n_task_log_var = (size_t)meta->ntask_log_var;
+  h->task_log_var = (double *)meta->task_log_var;
 }
 
 static int index_to_pb(header_msg *hm, const ckpt_tlist *tl, uint64_t chunk_elems) {
@@ -293,6 +295,9 @@ int ckpt_write(const char *path, const nn_model *m, const nn_optim *o, const ckp
                path, o->n, m->nparams);
     CHECK_USER(o->cfg.kind != NN_OPT_ADAMW || o->v, "checkpoint %s: adamw optimizer without second-moment state", path);
   }
+  CHECK_USER(meta->ntask_log_var >= 0 && meta->ntask_log_var <= CKPT_MAX_TASKS,
+             "checkpoint %s: %d task weights, expected 0 to %d", path, meta->ntask_log_var,
+             CKPT_MAX_TASKS);
   CHECK_USER(meta->ndatasets >= 0 && meta->ndatasets <= CKPT_MAX_DATASETS,
              "checkpoint %s: %d datasets in the provenance, expected 0 to %d", path, meta->ndatasets,
              CKPT_MAX_DATASETS);

@@ -30,8 +30,11 @@ static int replace(nn_dataset *ds, nn_dataset *next) {
 }
 
 int train_data_load(train_data *d, const exp_experiment *e) {
+  return train_data_load_from(d, &e->data);
+}
+
+int train_data_load_from(train_data *d, const exp_data *x) {
   memset(d, 0, sizeof *d);
-  const exp_data *x = &e->data;
   nn_dataset tmp;
   memset(&tmp, 0, sizeof tmp);
   int rc = read_source(&d->train, &x->train, "data.train");

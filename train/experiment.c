@@ -4,7 +4,7 @@
 #include <string.h>
 
 const char *const exp_strategy_names[EXP_STRAT_COUNT] = {"none", "scratch", "feature-extract",
-                                                         "finetune"};
+                                                         "finetune", "linear-probe"};
 
 const char *const exp_label_names[EXP_LABEL_COUNT] = {"class", "coarse", "rotation"};
 
@@ -48,5 +48,11 @@ void exp_defaults(exp_experiment *e) {
   x->sched.gamma = 0.1f;
   x->shards = 4;
   x->finetune.trunk_lr_mult = 1.0f;
+  static const double lambdas[] = {1e-4, 1e-3, 1e-2, 1e-1, 1, 10};
+  x->nlambdas = (int)(sizeof lambdas / sizeof lambdas[0]);
+  memcpy(x->lambdas, lambdas, sizeof lambdas);
+  x->group_size = 1;
+  x->retries = 1;
+  x->retry_lr_scale = 0.5f;
   strcpy(e->out_dir, "runs/experiment");
 }

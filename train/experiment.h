@@ -42,12 +42,16 @@ typedef struct {
   nn_transform aug[EXP_MAX_TF];
 } exp_data;
 
+#define EXP_MAX_TARGETS 8
+#define EXP_MAX_GRID 16
+
 /* Transfer strategies of a job. */
 typedef enum {
   EXP_STRAT_NONE,           /* plain training (the pre-training stage) */
   EXP_STRAT_SCRATCH,        /* same architecture, random init: the baseline */
   EXP_STRAT_FEATURE,        /* trunk frozen (features cached), new head trained */
   EXP_STRAT_FINETUNE,       /* trunk loaded and trained too, new head */
+  EXP_STRAT_PROBE,          /* trunk frozen, head solved in closed form (ridge, ScaLAPACK) */
   EXP_STRAT_COUNT
 } exp_strategy;
 extern const char *const exp_strategy_names[EXP_STRAT_COUNT];
@@ -66,10 +70,10 @@ typedef struct {
   int patience;              /* early stopping: evaluations without improvement (0 = off);
                                 the best parameters are restored at the end */
   int ckpt_final;            /* write one checkpoint at the end only */
+  int nlambdas;              /* linear-probe: ridge penalties tried on validation */
+  double lambdas[EXP_MAX_GRID];
 } exp_job;
 
-#define EXP_MAX_TARGETS 8
-#define EXP_MAX_GRID 16
 
 typedef struct {
   char name[64];
@@ -95,10 +99,19 @@ typedef struct {
   nn_sched_cfg sched;
   int shards;                /* logical shards of a job's data (small data: few) */
   exp_job finetune;          /* finetune options (strategy and init set per job) */
+  int nlrs;                  /* learning-rate grid (0 = the optimizer's lr only) */
+  float lrs[EXP_MAX_GRID];
+  int nlambdas;              /* linear-probe ridge penalties, chosen on validation */
+  double lambdas[EXP_MAX_GRID];
+  /* Fan-out: world rank 0 coordinates; ranks form groups of group_size
+   * (0 = one group of all ranks), each training one job at a time. */
+  int group_size;
+  int retries;               /* re-runs of a job that failed at run time (NaN, divergence) */
+  float retry_lr_scale;      /* each retry multiplies the learning rate by this */
 } exp_transfer;
 
 /* Multi-task joint training: tasks share the trunk, each has a head, and
- * labels derived from the one dataset. */
+ * either labels derived from the experiment's dataset or its own dataset. */
 typedef enum {
   EXP_LABEL_CLASS,    /* the dataset's labels */
   EXP_LABEL_COARSE,   /* classes grouped: group_of[class] */
@@ -115,6 +128,8 @@ typedef struct {
   int ngroups;               /* coarse: number of groups */
   int group_of[EXP_MAX_CLASSES]; /* coarse: group of each class, -1 = none */
   nn_stack_spec head;        /* no layers = dense(outputs of the task) */
+  int has_data;              /* the task has its own dataset (else the experiment's) */
+  exp_data data;
 } exp_task;
 
 typedef struct {

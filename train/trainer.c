@@ -24,6 +24,7 @@
 #include <time.h>
 
 #include "dist/grad_sync.h"
+#include "dist/linalg.h"
 #include "train/ckpt.h"
 #include "nn/err.h"
 #include "nn/rng.h"
@@ -36,6 +37,18 @@ typedef struct {
   char kind[16];
   int64_t step;
 } fault_spec;
+
+/* Multi-task: a task with its own dataset, sharded like the main one (same
+ * shard count and global batch, its own order). */
+typedef struct {
+  train_data d;         /* train: this rank's shards; val/test: this rank's slices */
+  int32_t *labels;      /* labels of every training sample (global row index) */
+  int32_t *local_row;   /* global training row -> row of d.train, or -1 */
+  train_shards sh;
+  int epoch;            /* the epoch whose order sh holds (0 = none yet) */
+  nn_transform tf[2 * EXP_MAX_TF];
+  int ntf;              /* the task's transforms, then its augmentation */
+} task_src;
 
 typedef struct {
   const exp_experiment *e;
@@ -82,6 +95,7 @@ typedef struct {
   double log_var[EXP_MAX_TASKS]; /* uncertainty weighting: s_t = log sigma_t^2 */
   double task_loss[EXP_MAX_TASKS]; /* this step's local loss sums */
   int32_t *yt;          /* derived labels of one task */
+  task_src *ts[EXP_MAX_TASKS]; /* tasks with their own data (NULL: the main data) */
   int64_t *idx2, *ids2; /* rotation: rows grouped by rotation */
   ckpt_dataset prov[2]; /* provenance: training and test data digests */
 } trainer;
@@ -126,6 +140,83 @@ static int keep_slice(nn_dataset *ds, int64_t lo, int64_t hi) {
   return 0;
 }
 
+/* Keeps this rank's shards [shard_lo, shard_hi) of d->train (sh already
+ * made over it), noting every sample's label and its local row, and this
+ * rank's contiguous slice of val and test. */
+static int keep_shards(const trainer *t, train_data *d, const train_shards *sh, int32_t **labels,
+                       int32_t **local_row) {
+  const dist_comm *c = t->c;
+  nn_dataset *tr = &d->train;
+  *labels = malloc((size_t)tr->n * sizeof **labels);
+  *local_row = malloc((size_t)tr->n * sizeof **local_row);
+  CHECK_ALLOC(*labels && *local_row ? t : NULL, (size_t)tr->n * 8);
+  memcpy(*labels, tr->labels, (size_t)tr->n * sizeof **labels);
+  int64_t lo = sh->start[t->shard_lo], hi = sh->start[t->shard_hi];
+  int64_t *idx = malloc((size_t)(hi - lo + 1) * sizeof *idx);
+  CHECK_ALLOC(idx, (size_t)(hi - lo) * sizeof *idx);
+  for (int64_t i = 0; i < tr->n; i++) (*local_row)[i] = -1;
+  for (int64_t i = lo; i < hi; i++) {
+    idx[i - lo] = sh->members[i];
+    (*local_row)[sh->members[i]] = (int32_t)(i - lo);
+  }
+  nn_dataset mine;
+  memset(&mine, 0, sizeof mine);
+  int rc = nn_data_gather(&mine, tr, idx, hi - lo);
+  free(idx);
+  CHECK_CALL(rc);
+  nn_data_free(tr);
+  *tr = mine;
+  /* Evaluation: rank r scores a contiguous slice of each split. */
+  int64_t nv = d->val.n, nt = d->test.n;
+  CHECK_CALL(keep_slice(&d->val, nv * c->rank / c->size, nv * (c->rank + 1) / c->size));
+  CHECK_CALL(keep_slice(&d->test, nt * c->rank / c->size, nt * (c->rank + 1) / c->size));
+  return 0;
+}
+
+/* Multi-task: the tasks that have their own data load and shard it (same
+ * shard count and global batch as the main data; their own sample order). */
+static int setup_task_data(trainer *t) {
+  const exp_experiment *e = t->e;
+  for (int k = 0; k < e->ntasks; k++) {
+    const exp_task *task = &e->tasks[k];
+    if (!task->has_data) continue;
+    CHECK_USER(k > 0, "tasks.%s: the first task trains on the experiment's data (its head is the "
+               "run's main head); give the tasks with their own data later in the list", task->name);
+    task_src *s = calloc(1, sizeof *s);
+    CHECK_ALLOC(s, sizeof *s);
+    t->ts[k] = s;
+    exp_data x = task->data;
+    if (!x.seed) x.seed = e->data.seed ^ (0x7a5c0000ULL + (uint64_t)k);
+    CHECK_CALL(train_data_load_from(&s->d, &x));
+    nn_shape a = s->d.train.shape, b = t->d.train.shape;
+    CHECK_USER(a.c == b.c && a.h == b.h && a.w == b.w && s->d.train.spatial == t->d.train.spatial,
+               "tasks.%s.data: samples are %dx%dx%d but the shared trunk takes the experiment's "
+               "%dx%dx%d", task->name, a.c, a.h, a.w, b.c, b.h, b.w);
+    CHECK_CALL(nn_tf_check(x.tf, x.ntf, &s->d.train));
+    CHECK_CALL(nn_tf_check(x.aug, x.naug, &s->d.train));
+    memcpy(s->tf, x.tf, (size_t)x.ntf * sizeof *s->tf);
+    memcpy(s->tf + x.ntf, x.aug, (size_t)x.naug * sizeof *s->tf);
+    s->ntf = x.ntf + x.naug;
+    CHECK_CALL(train_shards_init(&s->sh, s->d.train.n, e->shards, e->batch,
+                                 e->seed ^ (0x7a5c0000ULL + (uint64_t)k)));
+    CHECK_CALL(keep_shards(t, &s->d, &s->sh, &s->labels, &s->local_row));
+  }
+  return 0;
+}
+
+static void free_task_data(trainer *t) {
+  for (int k = 0; k < EXP_MAX_TASKS; k++) {
+    task_src *s = t->ts[k];
+    if (!s) continue;
+    train_data_free(&s->d);
+    train_shards_free(&s->sh);
+    free(s->labels);
+    free(s->local_row);
+    free(s);
+    t->ts[k] = NULL;
+  }
+}
+
 /* Shards, ownership, and dropping every sample this rank will not use. */
 static int setup_data(trainer *t) {
   const exp_experiment *e = t->e;
@@ -149,29 +240,7 @@ static int setup_data(trainer *t) {
     CHECK_CALL(dist_tree_shards(c, L, &t->leaf_lo, &t->nleaf));
     t->leaves = L;
   }
-  t->labels = malloc((size_t)tr->n * sizeof *t->labels);
-  t->local_row = malloc((size_t)tr->n * sizeof *t->local_row);
-  CHECK_ALLOC(t->labels && t->local_row ? t : NULL, (size_t)tr->n * 8);
-  memcpy(t->labels, tr->labels, (size_t)tr->n * sizeof *t->labels);
-  int64_t lo = t->sh.start[t->shard_lo], hi = t->sh.start[t->shard_hi];
-  int64_t *idx = malloc((size_t)(hi - lo) * sizeof *idx);
-  CHECK_ALLOC(idx, (size_t)(hi - lo) * sizeof *idx);
-  for (int64_t i = 0; i < tr->n; i++) t->local_row[i] = -1;
-  for (int64_t i = lo; i < hi; i++) {
-    idx[i - lo] = t->sh.members[i];
-    t->local_row[t->sh.members[i]] = (int32_t)(i - lo);
-  }
-  nn_dataset mine;
-  memset(&mine, 0, sizeof mine);
-  int rc = nn_data_gather(&mine, tr, idx, hi - lo);
-  free(idx);
-  CHECK_CALL(rc);
-  nn_data_free(tr);
-  *tr = mine;
-  /* Evaluation: rank r scores a contiguous slice of each split. */
-  CHECK_CALL(keep_slice(&t->d.val, t->n_val * c->rank / c->size, t->n_val * (c->rank + 1) / c->size));
-  CHECK_CALL(keep_slice(&t->d.test, t->n_test * c->rank / c->size,
-                        t->n_test * (c->rank + 1) / c->size));
+  CHECK_CALL(keep_shards(t, &t->d, &t->sh, &t->labels, &t->local_row));
   return 0;
 }
 
@@ -184,12 +253,13 @@ static int rows_of_shards(const trainer *t, int m0, int m1) {
 }
 
 /* Multi-task: one head per task (the preset's or trunk's heads replaced). */
-static int task_heads(trainer *t, nn_model_spec *spec, int nclasses) {
+static int task_heads(trainer *t, nn_model_spec *spec, int nclasses_main) {
   const exp_experiment *e = t->e;
   t->nt = e->ntasks;
   spec->nheads = e->ntasks;
   for (int k = 0; k < e->ntasks; k++) {
     const exp_task *task = &e->tasks[k];
+    int nclasses = t->ts[k] ? t->ts[k]->d.nclasses : nclasses_main;
     int out = task->kind == EXP_LABEL_CLASS ? nclasses
               : task->kind == EXP_LABEL_COARSE ? task->ngroups : 4;
     if (task->kind == EXP_LABEL_ROTATION)
@@ -284,6 +354,7 @@ static int setup(trainer *t) {
   nn_shape shape = t->d.train.shape;
   int spatial = t->d.train.spatial;
   CHECK_CALL(setup_data(t));
+  CHECK_CALL(setup_task_data(t));
   nn_model_spec spec = e->model;
   if (e->preset[0]) CHECK_CALL(nn_model_preset(&spec, e->preset, "main", nclasses));
   spec.in = shape;
@@ -375,13 +446,10 @@ static void freeze_trunk_blocks(trainer *t, int frozen) {
   t->frozen_blocks = frozen;
 }
 
-/* Trunk features of every local training row, computed once (eval mode). */
-static int cache_features(trainer *t) {
-  const nn_dataset *ds = &t->d.train;
+/* Trunk features (eval mode) of every row of ds, this rank's part: out
+ * [ds->n][D], and the rows' labels in y (may be NULL). */
+static int trunk_features(trainer *t, const nn_dataset *ds, float *out, int32_t *y) {
   size_t D = (size_t)t->m->feat.c;
-  t->feats = malloc((size_t)(ds->n ? ds->n : 1) * D * sizeof(float));
-  t->featbuf = malloc((size_t)t->local_max * D * sizeof(float));
-  CHECK_ALLOC(t->feats && t->featbuf ? t : NULL, (size_t)ds->n * D * sizeof(float));
   nn_pass p = {.training = 0};
   for (int64_t s = 0; s < ds->n; s += t->local_max) {
     int B = (int)((ds->n - s) < t->local_max ? (ds->n - s) : t->local_max);
@@ -389,9 +457,110 @@ static int cache_features(trainer *t) {
     nn_data_batch(ds, t->idx, B, t->e->data.tf, t->e->data.ntf, 0, t->x, t->y, t->scratch);
     p.B = B;
     const float *f = nn_model_forward_trunk(t->m, t->x, &p);
-    memcpy(t->feats + (size_t)s * D, f, (size_t)B * D * sizeof(float));
+    memcpy(out + (size_t)s * D, f, (size_t)B * D * sizeof(float));
+    if (y) memcpy(y + s, t->y, (size_t)B * sizeof *y);
+    if (t->h && t->h->poll) CHECK_CALL(t->h->poll(t->h->poll_ctx));
   }
   return 0;
+}
+
+/* Trunk features of every local training row, computed once (eval mode). */
+static int cache_features(trainer *t) {
+  const nn_dataset *ds = &t->d.train;
+  size_t D = (size_t)t->m->feat.c;
+  t->feats = malloc((size_t)(ds->n ? ds->n : 1) * D * sizeof(float));
+  t->featbuf = malloc((size_t)t->local_max * D * sizeof(float));
+  CHECK_ALLOC(t->feats && t->featbuf ? t : NULL, (size_t)ds->n * D * sizeof(float));
+  return trunk_features(t, ds, t->feats, NULL);
+}
+
+/* Features and labels of a split's labelled rows (this rank's part). */
+static int labelled_features(trainer *t, const nn_dataset *ds, float **x, int32_t **y, int64_t *n) {
+  size_t D = (size_t)t->m->feat.c, rows = (size_t)(ds->n ? ds->n : 1);
+  *x = malloc(rows * D * sizeof(float));
+  *y = malloc(rows * sizeof(int32_t));
+  CHECK_ALLOC(*x && *y ? t : NULL, rows * D * sizeof(float));
+  CHECK_CALL(trunk_features(t, ds, *x, *y));
+  int64_t k = 0;
+  for (int64_t i = 0; i < ds->n; i++) {
+    if ((*y)[i] < 0) continue;
+    if (k != i) memmove(*x + (size_t)k * D, *x + (size_t)i * D, D * sizeof(float));
+    (*y)[k++] = (*y)[i];
+  }
+  *n = k;
+  return 0;
+}
+
+/* The linear probe: the head (one dense layer) solved in closed form by
+ * ridge regression on one-hot targets over the frozen trunk's features,
+ * distributed over the job's ranks with ScaLAPACK (dist/linalg.h); the
+ * penalty is chosen on the validation split. transfer.lambdas are relative:
+ * lambda = alpha * sum_i ||x_i||^2 / D, so one grid suits any feature scale
+ * and row count. Collective. */
+static int probe_fit(trainer *t, train_summary *out, double *val_acc) {
+  const nn_stack *hd = &t->m->heads[0];
+  CHECK_USER(hd->nlayers == 1 && hd->layers[0].spec.op == NN_DENSE,
+             "linear-probe solves a head of exactly one dense layer; this head (transfer.head) "
+             "has %d layers", hd->nlayers);
+  nn_layer *L = &hd->layers[0];
+  int D = L->in.c, K = L->out.c;
+  const exp_job *j = &t->e->job;
+  CHECK_USER(j->nlambdas > 0, "linear-probe: transfer.lambdas is empty");
+  CHECK_USER(j->nlambdas == 1 || t->n_val > 0,
+             "linear-probe picks its ridge penalty on the validation split: set the target's "
+             "data.val_frac > 0, or give one transfer.lambdas value");
+  float *xtr = NULL, *xv = NULL;
+  int32_t *ytr = NULL, *yv = NULL;
+  int64_t ntr = 0, nv = 0;
+  double *w = malloc((size_t)(D + 1) * (size_t)K * sizeof(double));
+  double lam[EXP_MAX_GRID], acc[EXP_MAX_GRID];
+  dist_linalg *la = NULL;
+  dist_ridge *r = NULL;
+  double t0 = now_s();
+  int rc = w ? 0 : ferry_err_set(FERRY_ERUNTIME, __FILE__, __LINE__, __func__, "out of memory");
+  if (!rc) rc = labelled_features(t, &t->d.train, &xtr, &ytr, &ntr);
+  if (!rc && t->n_val > 0) rc = labelled_features(t, &t->d.val, &xv, &yv, &nv);
+  /* Set-up failures are local (memory): agree before the collective solve. */
+  int first = -1;
+  if (!rc) rc = dist_agree(t->c, rc, &first);
+  double t1 = now_s();
+  if (!rc) rc = dist_linalg_new(&la, t->c);
+  if (!rc) rc = dist_ridge_new(&r, la, D, K);
+  if (!rc) rc = dist_ridge_add(r, xtr, ytr, ntr);
+  double scale = 0;
+  if (!rc) rc = dist_ridge_diag_mean(r, &scale);
+  if (!rc && !(scale > 0)) scale = 1;
+  for (int i = 0; i < j->nlambdas; i++) lam[i] = j->lambdas[i] * scale;
+  double best = lam[0];
+  if (!rc && j->nlambdas > 1)
+    rc = dist_ridge_select(r, lam, j->nlambdas, xv, yv, nv, &best, w, acc);
+  else if (!rc)
+    rc = dist_ridge_solve(r, best, w);
+  if (!rc) {
+    for (int o = 0; o < K; o++) {
+      for (int i = 0; i < D; i++) L->W[(size_t)o * D + i] = (float)w[(size_t)i * K + o];
+      if (L->b) L->b[o] = (float)w[(size_t)D * K + o];
+    }
+    out->probe_lambda = best / scale;
+    out->probe_solve_s = now_s() - t1;
+    *val_acc = NAN;
+    for (int i = 0; i < j->nlambdas && j->nlambdas > 1; i++)
+      if (lam[i] == best) *val_acc = acc[i];
+    char msg[160];
+    snprintf(msg, sizeof msg, "linear probe: %lld rows, lambda %g x %.4g, features %.2fs, solve %.2fs",
+             (long long)ntr, out->probe_lambda, scale, t1 - t0, out->probe_solve_s);
+    note(t, msg);
+  }
+  dist_ridge_free(&r);
+  dist_linalg_free(&la);
+  free(w);
+  free(xtr);
+  free(ytr);
+  free(xv);
+  free(yv);
+  /* The solve's own errors are agreed by every rank (dist/linalg.h). */
+  if (rc) t->collective_fail = 1;
+  return rc;
 }
 
 /* How a transfer job starts: the pre-trained trunk, what trains, at which
@@ -417,6 +586,8 @@ static int setup_job(trainer *t) {
   if (j->strategy == EXP_STRAT_FEATURE) {
     nn_model_set_frozen(t->m, "trunk", 1);
     CHECK_CALL(cache_features(t));
+  } else if (j->strategy == EXP_STRAT_PROBE) {
+    nn_model_set_frozen(t->m, "trunk", 1); /* features are computed in probe_fit */
   } else if (j->strategy == EXP_STRAT_FINETUNE) {
     if (j->trunk_lr_mult > 0) nn_model_set_lr_mult(t->m, "trunk", j->trunk_lr_mult);
     if (j->unfreeze_last > 0 && j->unfreeze_last < t->nblocks)
@@ -446,6 +617,7 @@ static int setup_collective(trainer *t) {
 }
 
 static void teardown(trainer *t) {
+  free_task_data(t);
   dist_grad_sync_free(&t->sync);
   free(t->anchor);
   free(t->feats);
@@ -480,17 +652,19 @@ static int evaluate_task(trainer *t, const nn_dataset *ds, int k, double *loss, 
   nn_pass p = {.training = 0};
   const exp_task *task = t->nt ? &t->e->tasks[k] : NULL;
   int K = t->nt ? t->Kt[k] : t->K;
+  /* A task with its own data is scored with its own transforms. */
+  const exp_data *xd = task && task->has_data ? &task->data : &t->e->data;
   for (int64_t s = 0; s < ds->n; s += t->local_max) {
     int B = (int)((ds->n - s) < t->local_max ? (ds->n - s) : t->local_max);
     for (int i = 0; i < B; i++) t->idx[i] = s + i;
     const int32_t *y = t->y;
     if (task && task->kind == EXP_LABEL_ROTATION) {
       for (int i = 0; i < B; i++) t->ids[i] = ds->ids[s + i];
-      CHECK_CALL(rotated_batch(t, ds, t->idx, t->ids, B, t->e->data.tf, t->e->data.ntf, 0,
+      CHECK_CALL(rotated_batch(t, ds, t->idx, t->ids, B, xd->tf, xd->ntf, 0,
                                0xe7a1ULL));
       y = t->yt;
     } else {
-      nn_data_batch(ds, t->idx, B, t->e->data.tf, t->e->data.ntf, 0, t->x, t->y, t->scratch);
+      nn_data_batch(ds, t->idx, B, xd->tf, xd->ntf, 0, t->x, t->y, t->scratch);
       if (task) {
         derive_labels(task, t->y, B, t->yt);
         y = t->yt;
@@ -524,24 +698,27 @@ static void sync_ready(void *ctx, size_t off, size_t len) {
  * one trunk forward; each rotation task runs the trunk on rotated copies.
  * The joint loss is sum_t w_t L_t; trunk gradients are final (and reported
  * to cb) only after the last trunk backward. */
-static int pass_tasks(trainer *t, int B, int epoch, int64_t step, double norm, nn_pass *p,
-                      nn_grad_ready_fn cb, void *ctx, double *loss_sum, double *correct) {
+static int pass_tasks(trainer *t, int m0, int m1, int B, int epoch, int64_t step, double norm,
+                      nn_pass *p, nn_grad_ready_fn cb, void *ctx, double *loss_sum,
+                      double *correct) {
   const exp_experiment *e = t->e;
   const nn_dataset *ds = &t->d.train;
   uint64_t aug_key = nn_hash64(nn_key(e->seed, KEY_AUG), (uint64_t)epoch);
-  int nrot = 0, nplain = 0;
+  int nrot = 0, nplain = 0, nown = 0;
   for (int k = 0; k < t->nt; k++) {
-    if (e->tasks[k].kind == EXP_LABEL_ROTATION)
+    if (t->ts[k])
+      nown++;
+    else if (e->tasks[k].kind == EXP_LABEL_ROTATION)
       nrot++;
     else
       nplain++;
   }
-  int trunk_passes = (nplain > 0) + nrot, done = 0;
+  int trunk_passes = (nplain > 0) + nrot + nown, done = 0;
   if (nplain) {
     nn_data_batch(ds, t->idx, B, t->tf_train, t->ntf_train, aug_key, t->x, t->y, t->scratch);
     const float *feat = nn_model_forward_trunk(t->m, t->x, p);
     for (int k = 0; k < t->nt; k++) {
-      if (e->tasks[k].kind == EXP_LABEL_ROTATION) continue;
+      if (e->tasks[k].kind == EXP_LABEL_ROTATION || t->ts[k]) continue;
       derive_labels(&e->tasks[k], t->y, B, t->yt);
       const float *lg = nn_model_forward_head(t->m, k, feat, p);
       double w = task_weight(t, k);
@@ -558,7 +735,7 @@ static int pass_tasks(trainer *t, int B, int epoch, int64_t step, double norm, n
     nn_model_backward_trunk(t->m, p, ++done == trunk_passes ? cb : NULL, ctx);
   }
   for (int k = 0; k < t->nt; k++) {
-    if (e->tasks[k].kind != EXP_LABEL_ROTATION) continue;
+    if (e->tasks[k].kind != EXP_LABEL_ROTATION || t->ts[k]) continue;
     CHECK_CALL(rotated_batch(t, ds, t->idx, t->ids, B, t->tf_train, t->ntf_train, aug_key,
                              (uint64_t)step * 0x9e3779b97f4a7c15ULL + (uint64_t)k));
     nn_pass pr = *p;
@@ -572,6 +749,59 @@ static int pass_tasks(trainer *t, int B, int epoch, int64_t step, double norm, n
     *loss_sum += l * norm;
     nn_model_backward_head(t->m, k, feat, t->dlogits, &pr, cb, ctx);
     nn_model_backward_trunk(t->m, &pr, ++done == trunk_passes ? cb : NULL, ctx);
+  }
+  /* Tasks with their own data (last: t->idx and t->ids are reused). Step s
+   * takes the task's global batch s mod its batches per epoch; its loss is
+   * normalised by its own labelled rows. */
+  for (int k = 0; k < t->nt; k++) {
+    task_src *s = t->ts[k];
+    if (!s) continue;
+    const exp_task *task = &e->tasks[k];
+    int64_t spe = s->sh.steps_per_epoch;
+    int ep = (int)(step / spe) + 1;
+    int64_t bk = step % spe;
+    if (s->epoch != ep) {
+      train_shards_epoch(&s->sh, nn_key(e->seed, KEY_ORDER) ^ (0x7a5c0000ULL + (uint64_t)k), ep);
+      s->epoch = ep;
+    }
+    int64_t lab = 0;
+    for (int m = 0; m < s->sh.M; m++) {
+      const int32_t *rows = train_shards_rows(&s->sh, m, bk);
+      for (int j = 0; j < s->sh.take[m]; j++) lab += s->labels[rows[j]] >= 0;
+    }
+    double norm_k = lab > 0 ? (double)lab : 1.0;
+    int Bk = 0;
+    for (int m = m0; m < m1; m++) {
+      const int32_t *rows = train_shards_rows(&s->sh, m, bk);
+      for (int j = 0; j < s->sh.take[m]; j++) {
+        int32_t r = s->local_row[rows[j]];
+        t->idx[Bk] = r;
+        t->ids[Bk] = s->d.train.ids[r];
+        Bk++;
+      }
+    }
+    uint64_t ak = nn_hash64(nn_key(e->seed, KEY_AUG) ^ (0x7a5c0000ULL + (uint64_t)k), (uint64_t)ep);
+    nn_pass pk = *p;
+    pk.B = Bk;
+    pk.ids = t->ids;
+    if (task->kind == EXP_LABEL_ROTATION) {
+      CHECK_CALL(rotated_batch(t, &s->d.train, t->idx, t->ids, Bk, s->tf, s->ntf, ak,
+                               (uint64_t)step * 0x9e3779b97f4a7c15ULL + (uint64_t)k));
+      pk.ids = t->ids2;
+    } else {
+      nn_data_batch(&s->d.train, t->idx, Bk, s->tf, s->ntf, ak, t->x, t->y, t->scratch);
+      derive_labels(task, t->y, Bk, t->yt);
+    }
+    const float *feat = nn_model_forward_trunk(t->m, t->x, &pk);
+    const float *lg = nn_model_forward_head(t->m, k, feat, &pk);
+    double w = task_weight(t, k);
+    double l = nn_loss_xent(lg, t->yt, NULL, Bk, t->Kt[k], e->label_smoothing, -1,
+                            w > 0 ? norm_k / w : norm_k * 1e30, t->dlogits);
+    /* task_loss / norm is then the task's mean loss (uncertainty weighting). */
+    t->task_loss[k] += w > 0 ? l * norm_k / w * (norm / norm_k) : 0;
+    *loss_sum += l * norm;
+    nn_model_backward_head(t->m, k, feat, t->dlogits, &pk, cb, ctx);
+    nn_model_backward_trunk(t->m, &pk, ++done == trunk_passes ? cb : NULL, ctx);
   }
   return 0;
 }
@@ -594,7 +824,8 @@ static int pass(trainer *t, int m0, int m1, int64_t b, int epoch, int64_t step, 
   }
   nn_pass p = {.B = B, .training = 1,
                .key = nn_hash64(nn_key(e->seed, KEY_DROP), (uint64_t)step), .ids = t->ids};
-  if (t->nt > 0) return pass_tasks(t, B, epoch, step, norm, &p, cb, ctx, loss_sum, correct);
+  if (t->nt > 0)
+    return pass_tasks(t, m0, m1, B, epoch, step, norm, &p, cb, ctx, loss_sum, correct);
   const float *logits;
   if (t->feats) {
     /* Frozen trunk: the head trains on features computed once. */
@@ -745,6 +976,10 @@ static int save(trainer *t, int64_t steps, int64_t epoch, int64_t batch) {
     meta.ndatasets = 2;
     memcpy(meta.datasets, t->prov, sizeof t->prov);
     meta.world_size = t->c->size;
+    if (e->uncertainty) {
+      meta.ntask_log_var = t->nt;
+      for (int k = 0; k < t->nt; k++) meta.task_log_var[k] = t->log_var[k];
+    }
     rc = ckpt_path_for_step(path, sizeof path, e->out_dir, steps);
     if (!rc) rc = ckpt_write(path, t->m, &t->opt, &meta, 0);
     if (!rc) rc = ckpt_prune(e->out_dir, e->ckpt_keep);
@@ -788,6 +1023,14 @@ static int resume(trainer *t) {
                        "%s was written with seed %llu, the experiment has seed %llu: resuming "
                        "would not be the same run",
                        path, (unsigned long long)meta->seed, (unsigned long long)e->seed);
+  if (!rc && e->uncertainty && meta->ntask_log_var > 0) {
+    /* The learned task weights go on from where they were. */
+    if (meta->ntask_log_var != t->nt)
+      rc = ferry_err_set(FERRY_EUSER, __FILE__, __LINE__, __func__,
+                         "%s holds learned weights of %d tasks, the experiment has %d tasks",
+                         path, meta->ntask_log_var, t->nt);
+    for (int k = 0; !rc && k < t->nt; k++) t->log_var[k] = meta->task_log_var[k];
+  }
   if (!rc) {
     t->start_step = meta->step;
     t->start_epoch = meta->epoch;
@@ -831,6 +1074,11 @@ static int run(trainer *t, train_summary *out) {
   int stop_early = 0;
   const exp_job *j = &e->job;
   if (t->start_epoch < 1) t->start_epoch = 1;
+  int probe = j->strategy == EXP_STRAT_PROBE;
+  if (probe) {
+    CHECK_CALL(probe_fit(t, out, &val_acc));
+    total = 0; /* no optimizer steps */
+  }
   /* Statistics of the window since the last report (an epoch, or eval_every steps). */
   double acc[3] = {0, 0, 0}, win_s = 0;
   int64_t win_samples = 0;
@@ -870,6 +1118,7 @@ static int run(trainer *t, train_summary *out) {
                    (long long)(step + 1), e->out_dir);
       }
       if (fault_here(t, "kill", step + 1)) raise(SIGKILL);
+      if (t->h && t->h->poll) CHECK_CALL(t->h->poll(t->h->poll_ctx));
       if (c->rank == 0 && t->h) {
         if (t->h->on_log && e->log_every > 0 && ((step + 1) % e->log_every == 0 || step == 0))
           t->h->on_log(t->h->ctx, epoch, step + 1, step_loss, lr);
@@ -933,14 +1182,15 @@ static int run(trainer *t, train_summary *out) {
   if (e->check_every > 0) CHECK_CALL(check_consistency(t, step));
   /* The final state is always kept when checkpoints are on (transfer jobs
    * start from it). The cursor points past the last step. */
-  if (saving && last_saved != step && step > t->start_step)
+  if (saving && last_saved != step && (step > t->start_step || probe))
     CHECK_CALL(save(t, step, step / per_epoch + 1, step % per_epoch));
   CHECK_CALL(evaluate(t, &t->d.test, &out->test_loss, &out->test_acc));
   out->ntasks = t->nt;
   for (int k = 0; k < t->nt && k < EXP_MAX_TASKS; k++) {
     double l;
     snprintf(out->task_name[k], sizeof out->task_name[k], "%s", e->tasks[k].name);
-    CHECK_CALL(evaluate_task(t, &t->d.test, k, &l, &out->task_acc[k]));
+    CHECK_CALL(evaluate_task(t, t->ts[k] ? &t->ts[k]->d.test : &t->d.test, k, &l,
+                             &out->task_acc[k]));
     out->task_weight[k] = task_weight(t, k);
   }
   out->val_acc = t->best ? t->best_acc : val_acc;

@@ -35,6 +35,10 @@ typedef struct {
   /* Once, before training: a line of facts about data and model. */
   void (*on_start)(void *ctx, const char *what);
   void *ctx;
+  /* After every step, on every rank that sets it: the coordinator serves
+   * its job queue here (dist/sched.h). A non-zero return ends the run. */
+  int (*poll)(void *poll_ctx);
+  void *poll_ctx;
 } train_hooks;
 
 typedef struct {
@@ -57,6 +61,8 @@ typedef struct {
   double task_weight[EXP_MAX_TASKS]; /* final effective weights */
   uint64_t trunk_hash;       /* nn_hash_bytes over the trunk's parameter bytes */
   double feature_cache_speedup; /* feature-extract: step time with the trunk / cached */
+  double probe_lambda;       /* linear-probe: ridge penalty chosen on validation */
+  double probe_solve_s;      /* linear-probe: time of the distributed solve(s) */
   int setup_failed;          /* the failure is known to every rank (set-up, a
                                 non-finite step, a checksum mismatch): all ranks
                                 return together, no abort needed */
@@ -77,6 +83,8 @@ typedef struct {
   int nclasses;
 } train_data;
 int train_data_load(train_data *d, const exp_experiment *e);
+/* The same for one data section (a multi-task task's own data). */
+int train_data_load_from(train_data *d, const exp_data *x);
 void train_data_free(train_data *d);
 
 #endif

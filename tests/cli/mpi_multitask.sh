@@ -1,7 +1,7 @@
 # Multi-task joint training (class, coarse and rotation heads on one trunk):
 # per-step global loss at 2 ranks equals 1 rank within 1e-4 relative; in
 # deterministic mode the parameters are bitwise equal; uncertainty weighting
-# learns the weights; every head learns.
+# learns the weights, and they resume from checkpoints; every head learns.
 . "$(dirname "$0")/lib.bash"
 F=$SRC/examples/multitask-fmnist.yaml
 D=/usr/share/datasets/fashion-mnist
@@ -39,5 +39,33 @@ expect 0 "task coarse" -- "$FERRY" train "$F" --out "$TMP/u" "${S[@]}" --set tra
 /usr/bin/python3 -c "
 import json; t=json.load(open('$TMP/u/summary.json'))['tasks']
 assert all(abs(v['weight'] - 1.0) > 1e-4 for v in t.values()), t" && ok || bad "uncertainty weights did not move"
+# The learned weights are in the checkpoints: a run killed after step 25 and
+# resumed from its step-20 checkpoint ends bit for bit like the uninterrupted one.
+U=("${S[@]}" --set train.task_weighting=uncertainty --set checkpoint.every_steps=10)
+expect 0 "task coarse" -- "$FERRY" train "$F" --out "$TMP/ua" "${U[@]}"
+FERRY_FAULT=0:kill@25 "$FERRY" train "$F" --out "$TMP/ub" "${U[@]}" > /dev/null 2>&1 || true
+expect 0 "task uncertainty log\(sigma\^2\)" -- "$FERRY" ckpt inspect "$TMP/ub/ckpt-20.ferry"
+expect 0 "resume: .*ckpt-20" -- "$FERRY" train "$F" --out "$TMP/ub" "${U[@]}" --resume
+ha=$(grep -o '"param_hash": "[0-9a-f]*"' "$TMP/ua/summary.json")
+hb=$(grep -o '"param_hash": "[0-9a-f]*"' "$TMP/ub/summary.json")
+[ -n "$ha" ] && [ "$ha" = "$hb" ] && ok || bad "uncertainty-weighted resume: $ha vs $hb"
+# A task with its own dataset (classes 5-9, a smaller set, so its epochs
+# differ from the main task's): bitwise equal at 1 and 2 ranks in
+# deterministic mode, and its head learns.
+src() { echo "{format: idx, images: $D/$1-images-idx3-ubyte.gz, labels: $D/$1-labels-idx1-ubyte.gz, limit: $2}"; }
+OWN=("${S[@]}" --set train.deterministic=true --set data.classes=[0,1,2,3,4]
+     --set "tasks=[{name: a, labels: class}, {name: b, labels: class, weight: 0.5, data: {train: $(src train 3000),
+            test: $(src t10k 2000), classes: [5, 6, 7, 8, 9], transforms: [{normalize: {mean: 0.2860, std: 0.3530}}]}}]")
+for np in 1 2; do
+  expect 0 "task b " -- "${MPIRUN[@]}" -np $np "$FERRY" train "$F" --out "$TMP/own$np" "${OWN[@]}"
+done
+o1=$(grep -o '"param_hash": "[0-9a-f]*"' "$TMP/own1/summary.json")
+o2=$(grep -o '"param_hash": "[0-9a-f]*"' "$TMP/own2/summary.json")
+[ -n "$o1" ] && [ "$o1" = "$o2" ] && ok || bad "task with its own data, deterministic: $o1 vs $o2"
+/usr/bin/python3 -c "
+import json; t=json.load(open('$TMP/own1/summary.json'))['tasks']
+assert t['b']['test_acc'] > 0.6 and t['a']['test_acc'] > 0.6, t" && ok || bad "the own-data task did not learn"
+expect 2 "first task trains on the experiment's data" -- "$FERRY" train "$F" --out "$TMP/bad2" "${S[@]}" \
+  --set "tasks=[{name: b, data: {train: $(src train 100), test: $(src t10k 100)}}, {name: a}]"
 expect 2 "coarse needs groups" -- "$FERRY" train "$F" --out "$TMP/bad" "${S[@]}" --set 'tasks=[{name: c, labels: coarse}]'
 finish
