@@ -698,6 +698,24 @@ static void sync_ready(void *ctx, size_t off, size_t len) {
  * one trunk forward; each rotation task runs the trunk on rotated copies.
  * The joint loss is sum_t w_t L_t; trunk gradients are final (and reported
  * to cb) only after the last trunk backward. */
+/* Task k's head on features feat of B rows labelled y: forward, the loss
+ * w_k * (sum over the rows / norm_k, the task's labelled rows in the global
+ * batch), backward into the head and m->dfeat. Adds to the step's loss sum
+ * (normalised by norm) and to the task's loss (task_loss / norm is then the
+ * task's mean loss, for uncertainty weighting). Returns the logits. */
+static const float *task_head_pass(trainer *t, int k, const float *feat, const int32_t *y, int B,
+                                   double norm_k, double norm, const nn_pass *p,
+                                   nn_grad_ready_fn cb, void *ctx, double *loss_sum) {
+  const float *lg = nn_model_forward_head(t->m, k, feat, p);
+  double w = task_weight(t, k);
+  double l = nn_loss_xent(lg, y, NULL, B, t->Kt[k], t->e->label_smoothing, -1,
+                          w > 0 ? norm_k / w : norm_k * 1e30, t->dlogits);
+  t->task_loss[k] += w > 0 ? l * norm_k / w * (norm / norm_k) : 0;
+  *loss_sum += l * norm;
+  nn_model_backward_head(t->m, k, feat, t->dlogits, p, cb, ctx);
+  return lg;
+}
+
 static int pass_tasks(trainer *t, int m0, int m1, int B, int epoch, int64_t step, double norm,
                       nn_pass *p, nn_grad_ready_fn cb, void *ctx, double *loss_sum,
                       double *correct) {
@@ -720,17 +738,11 @@ static int pass_tasks(trainer *t, int m0, int m1, int B, int epoch, int64_t step
     for (int k = 0; k < t->nt; k++) {
       if (e->tasks[k].kind == EXP_LABEL_ROTATION || t->ts[k]) continue;
       derive_labels(&e->tasks[k], t->y, B, t->yt);
-      const float *lg = nn_model_forward_head(t->m, k, feat, p);
-      double w = task_weight(t, k);
-      double l = nn_loss_xent(lg, t->yt, NULL, B, t->Kt[k], e->label_smoothing, -1,
-                              w > 0 ? norm / w : norm * 1e30, t->dlogits);
-      t->task_loss[k] += w > 0 ? l * norm / w : 0;
-      *loss_sum += l * norm;
+      const float *lg = task_head_pass(t, k, feat, t->yt, B, norm, norm, p, cb, ctx, loss_sum);
       if (k == 0) {
         nn_argmax(lg, B, t->Kt[k], t->pred);
         for (int i = 0; i < B; i++) *correct += t->yt[i] >= 0 && t->pred[i] == t->yt[i];
       }
-      nn_model_backward_head(t->m, k, feat, t->dlogits, p, cb, ctx);
     }
     nn_model_backward_trunk(t->m, p, ++done == trunk_passes ? cb : NULL, ctx);
   }
@@ -741,13 +753,7 @@ static int pass_tasks(trainer *t, int m0, int m1, int B, int epoch, int64_t step
     nn_pass pr = *p;
     pr.ids = t->ids2;
     const float *feat = nn_model_forward_trunk(t->m, t->x, &pr);
-    const float *lg = nn_model_forward_head(t->m, k, feat, &pr);
-    double w = task_weight(t, k);
-    double l = nn_loss_xent(lg, t->yt, NULL, B, t->Kt[k], e->label_smoothing, -1,
-                            w > 0 ? norm / w : norm * 1e30, t->dlogits);
-    t->task_loss[k] += w > 0 ? l * norm / w : 0;
-    *loss_sum += l * norm;
-    nn_model_backward_head(t->m, k, feat, t->dlogits, &pr, cb, ctx);
+    task_head_pass(t, k, feat, t->yt, B, norm, norm, &pr, cb, ctx, loss_sum);
     nn_model_backward_trunk(t->m, &pr, ++done == trunk_passes ? cb : NULL, ctx);
   }
   /* Tasks with their own data (last: t->idx and t->ids are reused). Step s
@@ -793,14 +799,7 @@ static int pass_tasks(trainer *t, int m0, int m1, int B, int epoch, int64_t step
       derive_labels(task, t->y, Bk, t->yt);
     }
     const float *feat = nn_model_forward_trunk(t->m, t->x, &pk);
-    const float *lg = nn_model_forward_head(t->m, k, feat, &pk);
-    double w = task_weight(t, k);
-    double l = nn_loss_xent(lg, t->yt, NULL, Bk, t->Kt[k], e->label_smoothing, -1,
-                            w > 0 ? norm_k / w : norm_k * 1e30, t->dlogits);
-    /* task_loss / norm is then the task's mean loss (uncertainty weighting). */
-    t->task_loss[k] += w > 0 ? l * norm_k / w * (norm / norm_k) : 0;
-    *loss_sum += l * norm;
-    nn_model_backward_head(t->m, k, feat, t->dlogits, &pk, cb, ctx);
+    task_head_pass(t, k, feat, t->yt, Bk, norm_k, norm, &pk, cb, ctx, loss_sum);
     nn_model_backward_trunk(t->m, &pk, ++done == trunk_passes ? cb : NULL, ctx);
   }
   return 0;
