@@ -33,7 +33,8 @@ static void usage(FILE *f) {
   fprintf(f,
           "\n"
           "exit codes: 0 success, 1 runtime error (I/O, divergence, MPI), 2 usage error\n"
-          "            (bad arguments, bad experiment file, bad data file)\n"
+          "            (bad arguments, bad experiment file, bad data file), 3 stopped by\n"
+          "            SIGTERM/SIGUSR1 after writing a checkpoint (continue with --resume)\n"
           "environment: OPENBLAS_NUM_THREADS (BLAS threads per rank; train.threads overrides),\n"
           "             FERRY_DEBUG=1 (print where an error was raised)\n"
           "experiment file format: docs/experiment-format.md, or `ferry train --help`\n");
