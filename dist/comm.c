@@ -92,11 +92,6 @@ void dist_abort(const dist_comm *c, int code) {
   exit(code);
 }
 
-void dist_hostname(char *buf, size_t n) {
-  if (gethostname(buf, n) != 0) snprintf(buf, n, "?");
-  buf[n - 1] = '\0';
-}
-
 int dist_same_u64(const dist_comm *c, uint64_t v, int *same) {
   uint64_t lo = v, hi = v;
   if (c->size > 1) {
@@ -114,27 +109,5 @@ int dist_allgather_f64(const dist_comm *c, double v, double *out) {
   }
   CHECK_CALL(dist_mpi_check(MPI_Allgather(&v, 1, MPI_DOUBLE, out, 1, MPI_DOUBLE, c->comm),
                        "MPI_Allgather"));
-  return 0;
-}
-
-int dist_layout(const dist_comm *c, int *nhosts, int *max_per_host, int *on_my_host) {
-  MPI_Comm local;
-  CHECK_CALL(dist_mpi_check(MPI_Comm_split_type(c->comm, MPI_COMM_TYPE_SHARED, c->rank,
-                                           MPI_INFO_NULL, &local),
-                       "MPI_Comm_split_type"));
-  int lrank = 0, lsize = 1;
-  MPI_Comm_rank(local, &lrank);
-  MPI_Comm_size(local, &lsize);
-  MPI_Comm_free(&local);
-  int leaders = lrank == 0, most = lsize;
-  if (c->size > 1) {
-    CHECK_CALL(dist_mpi_check(MPI_Allreduce(MPI_IN_PLACE, &leaders, 1, MPI_INT, MPI_SUM, c->comm),
-                         "MPI_Allreduce"));
-    CHECK_CALL(dist_mpi_check(MPI_Allreduce(MPI_IN_PLACE, &most, 1, MPI_INT, MPI_MAX, c->comm),
-                         "MPI_Allreduce"));
-  }
-  *nhosts = leaders;
-  *max_per_host = most;
-  *on_my_host = lsize;
   return 0;
 }

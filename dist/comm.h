@@ -41,10 +41,5 @@ void dist_abort(const dist_comm *c, int code) __attribute__((noreturn));
 int dist_same_u64(const dist_comm *c, uint64_t v, int *same);
 /* out[r] = v of rank r, on every rank (out has c->size entries). Collective. */
 int dist_allgather_f64(const dist_comm *c, double v, double *out);
-/* Where the ranks run: number of hosts, the most ranks on one host, and the
- * number of ranks on this rank's host. Collective. */
-int dist_layout(const dist_comm *c, int *nhosts, int *max_per_host, int *on_my_host);
-/* Host name of this rank (for the layout line). */
-void dist_hostname(char *buf, size_t n);
 
 #endif

@@ -415,6 +415,12 @@ static int run_transfer(exp_experiment *e, const char *root, const train_summary
                         const dist_comm *world) {
   char ckpt[EXP_PATH_MAX + 64];
   CHECK_CALL(ckpt_path_for_step(ckpt, sizeof ckpt, e->out_dir, pre->steps));
+  /* Resumed from a checkpoint file elsewhere with no steps left to train:
+   * that file is the pre-training's final state (rank 0 looks; its path
+   * goes to every rank, only rank 0 reads checkpoints). */
+  if (world->rank == 0 && access(ckpt, R_OK) != 0 && e->resume[0] && strcmp(e->resume, "latest"))
+    snprintf(ckpt, sizeof ckpt, "%s", e->resume);
+  CHECK_CALL(dist_bcast(world, ckpt, sizeof ckpt, 0));
   int n = transfer_njobs(&e->transfer);
   unsigned char *skip = calloc((size_t)n, 1);
   CHECK_ALLOC(skip, (size_t)n);

@@ -47,4 +47,10 @@ ft=$(th "$R/jobs/t59.finetune.k20.s0")
 grep -q '"feature_cache_speedup"' "$R/results.jsonl" && ok || bad "no feature-cache speed-up measured"
 # Rerun: finished jobs are skipped, only the failed ones are tried again.
 expect 0 "6 jobs already finished" -- "$FERRY" train "$TMP/exp.yaml" --out "$R" --progress plain --resume
+# A pipeline started from another run's final pre-training checkpoint (as
+# cluster/transfer-array.sbatch does): no pre-training steps, the jobs use it.
+C=$(ls "$R"/pretrain/ckpt-*.ferry | head -1)
+expect 0 "report: " -- "$FERRY" train "$TMP/exp.yaml" --out "$TMP/from" --progress plain \
+  --set "checkpoint.resume=$C" --set "transfer.targets=[{name: t59, data: {train: $(src train 4000), test: $(src t10k 1000), classes: [5, 6, 7, 8, 9], val_frac: 0.1}}]"
+[ "$(grep -c '"status": "ok"' "$TMP/from/results.jsonl")" = 6 ] && ok || bad "jobs from a given checkpoint failed"
 finish
