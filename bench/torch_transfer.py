@@ -37,6 +37,15 @@ Target subsets, per seed s and K (images per class)
   idx_c[perm[:K]]. The training set is the concatenation over c (5K images).
   Consequence: for one seed the K=10 subset is a prefix of the K=50 one, which
   is a prefix of the K=200 one. --subsets-out FILE writes the chosen indices.
+  ferry does NOT draw these same images: it holds out 5% of the target
+  training images for validation first (per class, seed ^ 0x5eed) and draws K
+  per class from the rest with its own generator (nn/data.c). Same K and seed
+  therefore means a different 5K-image subset in the two programs, and at
+  K=10 the subset alone moves test accuracy by several points. For a paired
+  comparison, --subsets-in FILE takes the train-file indices per (seed, K)
+  from a JSON file in the --subsets-out format (e.g. ferry's subsets, dumped
+  with nn_data_split + nn_data_k_per_class); (seed, K) pairs missing from the
+  file are an error.
 
 Strategies (each: exactly --steps = 1000 optimizer steps, SGD momentum 0.9,
 lr 0.01, no weight decay, no augmentation, cross-entropy mean over the batch)
@@ -131,6 +140,22 @@ def target_subset(ytrain, seed, k):
         perm = np.random.default_rng(seed).permutation(idx_c.size)
         out.append(idx_c[perm[:k]])
     return np.concatenate(out)
+
+
+def load_subsets(path, ytrain):
+    """{(seed, K): indices} from a --subsets-out style JSON file; every subset
+    must hold K images of each target class."""
+    with open(path) as f:
+        doc = json.load(f)
+    out = {}
+    for s in doc["subsets"]:
+        idx = np.asarray(s["train_indices"], dtype=np.int64)
+        counts = [int(np.sum(ytrain[idx] == c)) for c in TARGET_CLASSES]
+        if counts != [s["K"]] * len(TARGET_CLASSES):
+            raise SystemExit(f"{path}: subset seed {s['seed']} K={s['K']} has per-class "
+                             f"counts {counts}, expected {s['K']} each")
+        out[(int(s["seed"]), int(s["K"]))] = idx
+    return out
 
 
 def batch_stream(n, batch, steps, seed):
@@ -286,6 +311,9 @@ def parse_args(argv=None):
     p.add_argument("--json-out", metavar="FILE", help="write everything as one JSON document")
     p.add_argument("--subsets-out", metavar="FILE",
                    help="write the chosen train-file indices per (seed, K) as JSON")
+    p.add_argument("--subsets-in", metavar="FILE",
+                   help="read the train-file indices per (seed, K) from JSON (the --subsets-out "
+                        "format) instead of drawing them, e.g. ferry's subsets for a paired run")
     p.add_argument("--data-dir", default=DATA_DIR)
     p.add_argument("--batch", type=int, default=32, help="target batch (min'd with 5K)")
     p.add_argument("--lr", type=float, default=0.01, help="target lr")
@@ -342,10 +370,16 @@ def main(argv=None):
           f"{pre['train_s']:.1f} s", file=sys.stderr)
     del xs_tr, ys_tr, xs_te, ys_te
 
+    given = load_subsets(args.subsets_in, ytr_raw) if args.subsets_in else None
     jobs, subsets = [], []
     for k in args.ks:
         for seed in args.seeds:
-            idx = target_subset(ytr_raw, seed, k)
+            if given is None:
+                idx = target_subset(ytr_raw, seed, k)
+            elif (seed, k) in given:
+                idx = given[(seed, k)]
+            else:
+                raise SystemExit(f"{args.subsets_in}: no subset for seed {seed}, K={k}")
             subsets.append({"seed": seed, "K": k, "train_indices": idx.tolist()})
             xsub = normalise(xtr_raw[idx])
             ysub = torch.from_numpy(ytr_raw[idx] - TARGET_CLASSES[0])
@@ -368,6 +402,7 @@ def main(argv=None):
             "pretrain_lr": args.pretrain_lr, "pretrain_batch": args.pretrain_batch,
             "pretrain_seed": args.pretrain_seed, "source_classes": list(SOURCE_CLASSES),
             "target_classes": list(TARGET_CLASSES), "mean": MEAN, "std": STD,
+            "subsets_in": args.subsets_in,
         },
     }
     print(json.dumps(summary), flush=True)
