@@ -126,6 +126,17 @@ int la_agree(const dist_linalg *la, int rc, const char *what) {
   return 0;
 }
 
+int la_agree_info(const dist_linalg *la, int64_t *info, const char *routine) {
+  int64_t mm[2] = {*info, -*info};
+  if (la->comm.size > 1)
+    CHECK_CALL(dist_mpi_check(
+        MPI_Allreduce(MPI_IN_PLACE, mm, 2, MPI_INT64_T, MPI_MAX, la->comm.comm), "MPI_Allreduce"));
+  CHECK_RT(mm[1] <= 0, "%s rejected argument %lld (a bug in dist/linalg*.c)", routine,
+           (long long)mm[1]);
+  *info = mm[0];
+  return 0;
+}
+
 int la_panels_plan(const dist_linalg *la, int64_t n_local, int ncols, la_panels *p) {
   int64_t maxn = n_local;
   if (la->comm.size > 1)

@@ -91,15 +91,10 @@ static int eig(dist_linalg *la, la_mat *C, la_mat *Z, int d, double *w, const ch
   /* When d <= the block size the tridiagonal solve runs on grid row 0 only,
    * so its eigenvalues and INFO are authoritative there: agree on INFO and
    * take w from rank 0. */
-  int64_t mm[2] = {info, -info};
-  if (la->comm.size > 1)
-    CHECK_CALL(dist_mpi_check(
-        MPI_Allreduce(MPI_IN_PLACE, mm, 2, MPI_INT64_T, MPI_MAX, la->comm.comm),
-        "MPI_Allreduce"));
-  CHECK_RT(mm[1] <= 0, "pdsyevd rejected argument %lld (a bug in dist/linalg_coral.c)",
-           (long long)mm[1]);
-  CHECK_RT(mm[0] == 0, "pdsyevd failed to converge on the %s covariance (info %lld)", name,
-           (long long)mm[0]);
+  int64_t all = info;
+  CHECK_CALL(la_agree_info(la, &all, "pdsyevd"));
+  CHECK_RT(all == 0, "pdsyevd failed to converge on the %s covariance (info %lld)", name,
+           (long long)all);
   CHECK_CALL(dist_bcast(&la->comm, w, (size_t)d * sizeof(double), 0));
   return 0;
 }

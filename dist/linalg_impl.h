@@ -100,6 +100,12 @@ void la_mat_add_diag(const dist_linalg *la, la_mat *M, int count, double v);
  * first rank that did (whose own message says what was wrong). Collective. */
 int la_agree(const dist_linalg *la, int rc, const char *what);
 
+/* A driver's INFO on every rank of the grid: *info gets the largest value
+ * over ranks (a numerical failure, > 0), and the call fails with
+ * FERRY_ERUNTIME naming `routine` if any rank saw an illegal argument
+ * (INFO < 0: a bug in the caller). Collective. */
+int la_agree_info(const dist_linalg *la, int64_t *info, const char *routine);
+
 /* Row panels: all ranks walk the same number of panels of `ch` rows (ch from
  * the largest n_local over ranks), each rank filling its own rows and zero
  * padding. plan: collective (one allreduce). */

@@ -147,14 +147,9 @@ static int ridge_solve_info(dist_ridge *r, double lambda, double *w, int *minor)
           &info, 1);
   /* INFO is documented as global; agreeing costs one tiny allreduce and
    * guarantees no rank goes on to gather while another stops. */
-  int64_t mm[2] = {info, -info};
-  if (la->comm.size > 1)
-    CHECK_CALL(dist_mpi_check(
-        MPI_Allreduce(MPI_IN_PLACE, mm, 2, MPI_INT64_T, MPI_MAX, la->comm.comm),
-        "MPI_Allreduce"));
-  CHECK_RT(mm[1] <= 0, "pdposv rejected argument %lld (a bug in dist/linalg_ridge.c)",
-           (long long)mm[1]);
-  *minor = (int)mm[0];
+  int64_t all = info;
+  CHECK_CALL(la_agree_info(la, &all, "pdposv"));
+  *minor = (int)all;
   if (*minor > 0) return 0;
   CHECK_CALL(la_mat_gather(la, &r->bw, w));
   return 0;
