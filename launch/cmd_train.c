@@ -369,6 +369,10 @@ static void on_result(void *ctx, const transfer_result *r, const transfer_progre
     json_num(f, r->sum.train_s);
     fputs(", \"job_s\": ", f);
     json_num(f, r->job_s);
+    if (r->checkpoint[0]) {
+      fputs(", \"checkpoint\": ", f);
+      json_str(f, r->checkpoint);
+    }
     fprintf(f, ", \"steps\": %lld, \"param_hash\": \"%016llx\", \"curve\": \"jobs/%s/metrics.jsonl\"",
             (long long)r->sum.steps, (unsigned long long)r->sum.param_hash, r->id);
     if (r->strategy == EXP_STRAT_FEATURE) {

@@ -256,6 +256,7 @@ static int coord_result(void *ctx, int group, const void *res, size_t len) {
   r.ok = m->ok;
   r.retryable = m->retryable;
   snprintf(r.reason, sizeof r.reason, "%s", m->reason ? m->reason : "");
+  snprintf(r.checkpoint, sizeof r.checkpoint, "%s", m->checkpoint ? m->checkpoint : "");
   r.sum.test_acc = m->test_acc;
   r.sum.test_loss = m->test_loss;
   r.sum.val_acc = m->val_acc;

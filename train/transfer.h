@@ -21,6 +21,7 @@ typedef struct {
   int retryable;             /* failed at run time (non-finite loss, divergence) */
   char reason[512];          /* why it failed */
   char dir[EXP_PATH_MAX];    /* its run directory */
+  char checkpoint[EXP_PATH_MAX + 64]; /* its final checkpoint ("" if it failed) */
   double job_s;              /* the whole job on its group (data, set-up, training, test) */
   train_summary sum;         /* on the coordinator: the fields a JobResult carries */
 } transfer_result;

@@ -87,6 +87,11 @@ done
   bad "at 4 ranks in groups of 1, only one group ran jobs"
 grep -q '"ranks": 2' "$TMP/n4g2/results.jsonl" && ok || bad "groups of 2 did not run jobs on 2 ranks"
 grep -q '"lambda"' "$TMP/n2g1/results.jsonl" && ok || bad "linear-probe did not record its lambda"
+# Each result names its job's final checkpoint, written by the group that ran it.
+ck=$(grep -o '"checkpoint": "[^"]*"' "$TMP/n4g2/results.jsonl" | cut -d'"' -f4)
+[ "$(echo "$ck" | wc -w)" = 8 ] && ok || bad "want 8 checkpoint paths, found: $ck"
+for f in $ck; do [ -s "$f" ] || bad "missing checkpoint $f"; done
+expect 0 "verified" -- "$FERRY" ckpt verify $(echo "$ck" | head -1)
 
 # Retries: a NaN injected at step 20 of every job (the fault names group rank
 # 0; the pre-training is shorter). Jobs that fail at run time go back into the
