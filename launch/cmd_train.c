@@ -532,6 +532,17 @@ int cmd_train(int argc, char **argv) {
   int rc = cfg_load(&e, file, sets, nsets);
   if (!rc && out) snprintf(e.out_dir, sizeof e.out_dir, "%s", out);
   if (!rc && resume) snprintf(e.resume, sizeof e.resume, "latest");
+  if (!rc && e.transfer.enabled) {
+    /* Checked before pre-training, not after it: each rank of a worker
+     * group needs one of a job's logical shards. */
+    int g = e.transfer.group_size <= 0 || e.transfer.group_size > world.size ? world.size
+                                                                             : e.transfer.group_size;
+    if (g > e.transfer.shards)
+      rc = ferry_err_set(FERRY_EUSER, __FILE__, __LINE__, __func__,
+                         "worker groups of %d ranks but transfer.shards is %d: every rank of a "
+                         "group needs a shard of the job's data; set transfer.group_size <= %d "
+                         "(or raise transfer.shards)", g, e.transfer.shards, e.transfer.shards);
+  }
   char root[EXP_PATH_MAX];
   snprintf(root, sizeof root, "%s", e.out_dir);
   if (!rc && e.transfer.enabled) {

@@ -374,6 +374,11 @@ int transfer_run(const exp_experiment *base, const char *run_dir, const char *pr
   const exp_transfer *x = &base->transfer;
   int gsize = x->group_size <= 0 || x->group_size > world->size ? world->size : x->group_size;
   int ngroups = (world->size + gsize - 1) / gsize;
+  /* Every rank of a group needs one of the job's logical shards. */
+  CHECK_USER(gsize <= x->shards,
+             "worker groups of %d ranks but transfer.shards is %d: every rank of a group needs a "
+             "shard of the job's data; set transfer.group_size <= %d (or raise transfer.shards)",
+             gsize, x->shards, x->shards);
   coord q;
   int rc = 0, first = -1;
   memset(&q, 0, sizeof q);

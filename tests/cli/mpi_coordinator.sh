@@ -47,9 +47,11 @@ transfer:
 YAML
 } > "$TMP/exp.yaml"
 
-run() { # NP GROUP_SIZE OUT
-  mpirun --allow-run-as-root --oversubscribe -np "$1" "$FERRY" train "$TMP/exp.yaml" --out "$TMP/$3" \
-    --progress plain --set transfer.group_size="$2"
+run() { # NP GROUP_SIZE OUT [ferry train options...]
+  local np=$1 g=$2 out=$3
+  shift 3
+  mpirun --allow-run-as-root --oversubscribe -np "$np" "$FERRY" train "$TMP/exp.yaml" --out "$TMP/$out" \
+    --progress plain --set transfer.group_size="$g" "$@"
 }
 hashes() { # job -> param_hash of the successful jobs, sorted
   /usr/bin/python3 - "$1" <<'PY' | sort
@@ -139,6 +141,10 @@ expect 0 "$done1 jobs already finished" -- mpirun --allow-run-as-root --oversubs
 n=$(wc -l < "$K/results.jsonl")
 u=$(grep -o '"job": "[^"]*"' "$K/results.jsonl" | sort -u | wc -l)
 [ "$n" = 9 ] && [ "$u" = 9 ] && ok || bad "after the rerun: want 9 distinct results, found $n lines, $u jobs"
+
+# Groups larger than a job's shard count: a clear error before pre-training.
+expect 2 "set transfer.group_size <= 2" -- run 4 4 toobig --set transfer.shards=2
+[ ! -e "$TMP/toobig/pretrain/summary.json" ] && ok || bad "pre-trained before rejecting the group size"
 
 # Job names cannot escape the run directory.
 sed 's/name: t59/name: ..\/..\/evil/' "$TMP/exp.yaml" > "$TMP/evil.yaml"
