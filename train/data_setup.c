@@ -2,12 +2,72 @@
  * keep and relabel classes, draw K labelled samples per class, hold out a
  * validation split. Every step is seeded by the experiment's data seed. */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "nn/err.h"
 #include "train/trainer.h"
 
+/* Transfer jobs read the same files job after job: while on, decoded
+ * sources are kept (a few, whole) and later reads copy them instead of
+ * decompressing and parsing the file again. */
+enum { CACHE_MAX = 4 };
+static struct {
+  int used;
+  exp_source src;
+  nn_dataset ds;
+} cache[CACHE_MAX];
+static int cache_on;
+
+void train_data_cache(int on) {
+  for (int i = 0; i < CACHE_MAX && !on; i++) {
+    if (cache[i].used) nn_data_free(&cache[i].ds);
+    cache[i].used = 0;
+  }
+  cache_on = on;
+}
+
+static int same_source(const exp_source *a, const exp_source *b) {
+  return a->format == b->format && a->img_h == b->img_h && a->img_w == b->img_w &&
+         a->limit == b->limit && !strcmp(a->images, b->images) &&
+         !strcmp(a->labels, b->labels) && !strcmp(a->path, b->path);
+}
+
+/* A whole copy of src. */
+static int copy_dataset(nn_dataset *dst, const nn_dataset *src) {
+  int64_t *idx = malloc((size_t)(src->n ? src->n : 1) * sizeof *idx);
+  CHECK_ALLOC(idx, (size_t)src->n * sizeof *idx);
+  for (int64_t i = 0; i < src->n; i++) idx[i] = i;
+  int rc = nn_data_gather(dst, src, idx, src->n);
+  free(idx);
+  CHECK_CALL(rc);
+  dst->nclasses = src->nclasses;
+  memcpy(dst->source, src->source, sizeof dst->source);
+  return 0;
+}
+
+static int read_file(nn_dataset *ds, const exp_source *s, const char *what);
+
 static int read_source(nn_dataset *ds, const exp_source *s, const char *what) {
+  if (!cache_on) return read_file(ds, s, what);
+  for (int i = 0; i < CACHE_MAX; i++)
+    if (cache[i].used && same_source(&cache[i].src, s)) return copy_dataset(ds, &cache[i].ds);
+  CHECK_CALL(read_file(ds, s, what));
+  for (int i = 0; i < CACHE_MAX; i++)
+    if (!cache[i].used) {
+      /* A failed copy only means no caching. */
+      if (copy_dataset(&cache[i].ds, ds) == 0) {
+        cache[i].src = *s;
+        cache[i].used = 1;
+      } else {
+        ferry_err_clear();
+      }
+      break;
+    }
+  return 0;
+}
+
+static int read_file(nn_dataset *ds, const exp_source *s, const char *what) {
   int rc;
   if (s->format == EXP_SRC_IDX)
     rc = nn_data_read_idx(ds, s->images, s->labels, s->limit);

@@ -83,6 +83,10 @@ typedef struct {
   int nclasses;
 } train_data;
 int train_data_load(train_data *d, const exp_experiment *e);
+/* While on, decoded data files are kept in memory (a few) and reused by
+ * later loads of the same file: for transfer jobs, which read the same
+ * target job after job. Off frees them. Not collective; not thread-safe. */
+void train_data_cache(int on);
 /* The same for one data section (a multi-task task's own data). */
 int train_data_load_from(train_data *d, const exp_data *x);
 void train_data_free(train_data *d);

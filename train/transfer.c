@@ -394,6 +394,7 @@ int transfer_run(const exp_experiment *base, const char *run_dir, const char *pr
     coord_free(&q);
     return rc;
   }
+  train_data_cache(1);
   exp_experiment *je = malloc(sizeof *je);
   void *res = NULL, *spec = NULL;
   size_t res_len = 0, len = 0;
@@ -410,6 +411,7 @@ int transfer_run(const exp_experiment *base, const char *run_dir, const char *pr
   }
   free(res);
   free(je);
+  train_data_cache(0);
   /* A failure here is one rank's (the others may be inside a collective):
    * the caller ends the MPI job; the sweep resumes from results.jsonl. */
   if (!rc) dist_sched_free(&s);
