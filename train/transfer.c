@@ -133,7 +133,7 @@ typedef struct {
   const char *run_dir;
   const transfer_hooks *h;
   exp_experiment *je;      /* scratch for rebuilding a job */
-  int *queue, nqueue;      /* job indices, next first */
+  int *queue, qhead, nqueue; /* job indices queue[qhead .. qhead+nqueue), next first */
   int *attempt;            /* per job: the run being made (0 = first) */
   double *est;             /* per job: expected cost (relative) */
   int total, done, failed, running, retries;
@@ -213,8 +213,7 @@ static int coord_next(void *ctx, int group, int *what, void **spec, size_t *len)
     *what = q->running > 0 && q->base->transfer.retries > 0 ? DIST_SCHED_WAIT : DIST_SCHED_DONE;
     return 0;
   }
-  int i = q->queue[0];
-  memmove(q->queue, q->queue + 1, (size_t)(q->nqueue - 1) * sizeof *q->queue);
+  int i = q->queue[q->qhead++];
   q->nqueue--;
   transfer_result r;
   CHECK_CALL(transfer_job(q->base, q->run_dir, "", i, q->je, &r));
@@ -275,8 +274,8 @@ static int coord_result(void *ctx, int group, const void *res, size_t len) {
   if (!r.ok && r.retryable && r.attempt < q->base->transfer.retries) {
     /* Run it again first, at a lower learning rate. */
     q->attempt[i] = r.attempt + 1;
-    memmove(q->queue + 1, q->queue, (size_t)q->nqueue * sizeof *q->queue);
-    q->queue[0] = i;
+    /* A retry can only follow a job taken from the queue: qhead > 0. */
+    q->queue[--q->qhead] = i;
     q->nqueue++;
     q->retries++;
     coord_progress(q, &p);
