@@ -520,9 +520,12 @@ static int probe_fit(trainer *t, train_summary *out, double *val_acc) {
   int rc = w ? 0 : ferry_err_set(FERRY_ERUNTIME, __FILE__, __LINE__, __func__, "out of memory");
   if (!rc) rc = labelled_features(t, &t->d.train, &xtr, &ytr, &ntr);
   if (!rc && t->n_val > 0) rc = labelled_features(t, &t->d.val, &xv, &yv, &nv);
-  /* Set-up failures are local (memory): agree before the collective solve. */
-  int first = -1;
-  if (!rc) rc = dist_agree(t->c, rc, &first);
+  /* Set-up failures are local (memory): every rank agrees before the
+   * collective solve, so none enters it alone. */
+  int first = -1, agreed = dist_agree(t->c, rc, &first);
+  if (agreed && !rc)
+    rc = ferry_err_set(agreed, __FILE__, __LINE__, __func__,
+                       "rank %d could not compute the probe's features", first);
   double t1 = now_s();
   if (!rc) rc = dist_linalg_new(&la, t->c);
   if (!rc) rc = dist_ridge_new(&r, la, D, K);
@@ -694,10 +697,6 @@ static void sync_ready(void *ctx, size_t off, size_t len) {
   dist_grad_sync_ready(ctx, off, len);
 }
 
-/* Multi-task step on the B rows in t->idx: tasks on the plain input share
- * one trunk forward; each rotation task runs the trunk on rotated copies.
- * The joint loss is sum_t w_t L_t; trunk gradients are final (and reported
- * to cb) only after the last trunk backward. */
 /* Task k's head on features feat of B rows labelled y: forward, the loss
  * w_k * (sum over the rows / norm_k, the task's labelled rows in the global
  * batch), backward into the head and m->dfeat. Adds to the step's loss sum
@@ -716,6 +715,12 @@ static const float *task_head_pass(trainer *t, int k, const float *feat, const i
   return lg;
 }
 
+/* Multi-task step on the B rows in t->idx (shards [m0, m1) of the batch):
+ * tasks on the plain input share one trunk forward; each rotation task runs
+ * the trunk on rotated copies; each task with its own data runs it on the
+ * same shards of its own batch. The joint loss is sum_t w_t L_t; trunk
+ * gradients are final (and reported to cb) only after the last trunk
+ * backward. */
 static int pass_tasks(trainer *t, int m0, int m1, int B, int epoch, int64_t step, double norm,
                       nn_pass *p, nn_grad_ready_fn cb, void *ctx, double *loss_sum,
                       double *correct) {
