@@ -141,13 +141,11 @@ typedef struct {
   int ngroups;
 } coord;
 
-/* Expected cost of a job, relative: optimizer steps x batch, much less when
- * the trunk is frozen (cached features) or the head is solved in closed form. */
-static double job_cost(const exp_transfer *x, exp_strategy st) {
-  double c = (double)x->steps * (double)x->batch;
-  if (st == EXP_STRAT_FEATURE) c *= 0.1;
-  if (st == EXP_STRAT_PROBE) c = 0.05 * (double)x->steps * (double)x->batch;
-  return c;
+/* Expected cost of a job relative to the others: every job has the same
+ * step budget and batch, so only the strategy tells them apart (a frozen
+ * trunk trains on cached features; a probe takes no steps). */
+static double job_cost(exp_strategy st) {
+  return st == EXP_STRAT_FEATURE ? 0.1 : st == EXP_STRAT_PROBE ? 0.05 : 1.0;
 }
 
 static const double *sort_est; /* qsort has no context argument */
@@ -172,9 +170,8 @@ static int coord_init(coord *q, const exp_experiment *base, const char *run_dir,
   q->est = malloc((size_t)n * sizeof *q->est);
   CHECK_ALLOC(q->je && q->queue && q->attempt && q->est ? q : NULL, (size_t)n * sizeof(double));
   for (int i = 0; i < n; i++) {
-    transfer_result r;
-    CHECK_CALL(transfer_job(base, run_dir, "", i, q->je, &r));
-    q->est[i] = job_cost(x, r.strategy);
+    /* The strategy is the innermost grid index (transfer_job). */
+    q->est[i] = job_cost((exp_strategy)x->strategies[i % x->nstrategies]);
     if (!skip || !skip[i]) q->queue[q->nqueue++] = i;
   }
   sort_est = q->est;
