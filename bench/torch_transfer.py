@@ -20,7 +20,9 @@ Model (PyTorch default init everywhere)
           flatten dense(1568->128) relu                  -> 128 features
   head  = dense(128->C), C = 5 for both tasks.
 
-Pre-training (once)
+Pre-training (once; with --pretrain-per-seed once per seed s, with
+--pretrain-seed + s, and seed s's jobs use that model: ferry's
+transfer.pretrain_per_seed)
   torch.manual_seed(0) (--pretrain-seed), then build trunk and head (in that
   order: conv1, conv2, dense1, head). 3 epochs over the 30,000 source images,
   SGD momentum 0.9, lr 0.05, batch 128, no weight decay, no augmentation.
@@ -206,21 +208,21 @@ def features(trunk, x, batch=1000):
     return out
 
 
-def pretrain(args, xtr, ytr, xte, yte):
+def pretrain(args, xtr, ytr, xte, yte, seed):
     t0 = time.perf_counter()
-    torch.manual_seed(args.pretrain_seed)
+    torch.manual_seed(seed)
     trunk = make_trunk()
     head = make_head(len(SOURCE_CLASSES))
     model = nn.Sequential(trunk, head)
     per_epoch = xtr.shape[0] // args.pretrain_batch
     steps = per_epoch * args.pretrain_epochs
     train_s = sgd_steps(model, model.parameters(), xtr, ytr, args.pretrain_batch, steps,
-                        args.pretrain_seed, args.pretrain_lr, args.momentum)
+                        seed, args.pretrain_lr, args.momentum)
     acc = evaluate(model, xte, yte)
     return trunk, {
         "kind": "pretrain", "test_acc": acc, "wall_s": time.perf_counter() - t0,
         "train_s": train_s, "epochs": args.pretrain_epochs, "steps": steps,
-        "batch": args.pretrain_batch, "lr": args.pretrain_lr, "seed": args.pretrain_seed,
+        "batch": args.pretrain_batch, "lr": args.pretrain_lr, "seed": seed,
         "train_size": int(xtr.shape[0]), "test_size": int(xte.shape[0]),
     }
 
@@ -322,6 +324,9 @@ def parse_args(argv=None):
     p.add_argument("--pretrain-lr", type=float, default=0.05)
     p.add_argument("--pretrain-batch", type=int, default=128)
     p.add_argument("--pretrain-seed", type=int, default=0)
+    p.add_argument("--pretrain-per-seed", action="store_true",
+                   help="pre-train once per seed s (with --pretrain-seed + s); seed s's jobs "
+                        "use that model (ferry's transfer.pretrain_per_seed)")
     args = p.parse_args(argv)
     if args.steps < 1 or args.threads < 1 or args.batch < 1 or args.pretrain_epochs < 1:
         p.error("--steps, --threads, --batch and --pretrain-epochs must be >= 1")
@@ -362,12 +367,24 @@ def main(argv=None):
     xt_te = normalise(xte_raw[tgt_te])
     yt_te = torch.from_numpy(yte_raw[tgt_te] - TARGET_CLASSES[0])
 
-    pre_trunk, pre = pretrain(args, xs_tr, ys_tr, xs_te, ys_te)
-    for prm in pre_trunk.parameters():
-        prm.requires_grad_(False)  # frozen for feature extraction; finetune copies re-enable
-    print(json.dumps(pre), flush=True)
-    print(f"pretrain: test_acc {pre['test_acc']:.4f} on classes 0-4, "
-          f"{pre['train_s']:.1f} s", file=sys.stderr)
+    # seed -> (trunk, pretrain record): one shared model, or one per seed
+    pre_seeds = ([args.pretrain_seed + s for s in args.seeds] if args.pretrain_per_seed
+                 else [args.pretrain_seed])
+    pres = []
+    for ps in pre_seeds:
+        trunk, rec = pretrain(args, xs_tr, ys_tr, xs_te, ys_te, ps)
+        for prm in trunk.parameters():
+            prm.requires_grad_(False)  # frozen for feature extraction; finetune copies re-enable
+        print(json.dumps(rec), flush=True)
+        print(f"pretrain seed {ps}: test_acc {rec['test_acc']:.4f} on classes 0-4, "
+              f"{rec['train_s']:.1f} s", file=sys.stderr)
+        pres.append((trunk, rec))
+    if args.pretrain_per_seed:
+        trunk_of = {s: pres[i][0] for i, s in enumerate(args.seeds)}
+    else:
+        trunk_of = {s: pres[0][0] for s in args.seeds}
+    pre = pres[0][1]
+    pre_accs = [r["test_acc"] for _, r in pres]
     del xs_tr, ys_tr, xs_te, ys_te
 
     given = load_subsets(args.subsets_in, ytr_raw) if args.subsets_in else None
@@ -384,7 +401,7 @@ def main(argv=None):
             xsub = normalise(xtr_raw[idx])
             ysub = torch.from_numpy(ytr_raw[idx] - TARGET_CLASSES[0])
             for strategy in args.strategies:
-                job = run_job(strategy, k, seed, args, pre_trunk, xsub, ysub, xt_te, yt_te)
+                job = run_job(strategy, k, seed, args, trunk_of[seed], xsub, ysub, xt_te, yt_te)
                 jobs.append(job)
                 print(json.dumps(job), flush=True)
                 print(f"{strategy:>15} K={k:<4d} seed={seed}: test_acc "
@@ -393,14 +410,16 @@ def main(argv=None):
     table = summarise(jobs, args.strategies, args.ks)
     summary = {
         "kind": "summary", "system": "pytorch", "torch": torch.__version__,
-        "threads": args.threads, "pretrain_test_acc": pre["test_acc"],
+        "threads": args.threads, "pretrain_test_acc": float(np.mean(pre_accs)),
+        "pretrain_test_accs": pre_accs,
         "results": table, "total_wall_s": time.perf_counter() - t_start,
         "config": {
             "seeds": args.seeds, "ks": args.ks, "steps": args.steps,
             "strategies": args.strategies, "batch": args.batch, "lr": args.lr,
             "momentum": args.momentum, "pretrain_epochs": args.pretrain_epochs,
             "pretrain_lr": args.pretrain_lr, "pretrain_batch": args.pretrain_batch,
-            "pretrain_seed": args.pretrain_seed, "source_classes": list(SOURCE_CLASSES),
+            "pretrain_seed": args.pretrain_seed, "pretrain_per_seed": args.pretrain_per_seed,
+            "source_classes": list(SOURCE_CLASSES),
             "target_classes": list(TARGET_CLASSES), "mean": MEAN, "std": STD,
             "subsets_in": args.subsets_in,
         },
@@ -415,12 +434,13 @@ def main(argv=None):
             c = table[s].get(str(k))
             cells.append(f"{c['mean']:.4f} ± {c['std']:.4f}" if c else "-")
         print(f"{s:>15} " + " ".join(f"{c:>17}" for c in cells), file=sys.stderr)
-    print(f"pretrain test_acc {pre['test_acc']:.4f}; total {summary['total_wall_s']:.1f} s",
+    print(f"pretrain test_acc {' '.join(f'{a:.4f}' for a in pre_accs)}; total {summary['total_wall_s']:.1f} s",
           file=sys.stderr)
 
     if args.json_out:
         with open(args.json_out, "w") as f:
-            json.dump({"pretrain": pre, "jobs": jobs, "summary": summary}, f, indent=1)
+            json.dump({"pretrain": pre, "pretrains": [r for _, r in pres], "jobs": jobs,
+                       "summary": summary}, f, indent=1)
             f.write("\n")
     if args.subsets_out:
         with open(args.subsets_out, "w") as f:

@@ -280,6 +280,8 @@ typedef struct {
   const exp_experiment *je; /* the running job */
   FILE *results;       /* RUN_DIR/results.jsonl */
   const char *root;    /* RUN_DIR (the report is rewritten as results arrive) */
+  const transfer_pretrained *pre; /* the jobs' pre-trained checkpoints */
+  const exp_transfer *x;
   double t0;
   int done, failed;
 } pipeline;
@@ -325,6 +327,15 @@ static void on_retry(void *ctx, const transfer_result *r, const transfer_progres
   printf("%s %s failed (attempt %d, lr %g, group %d): %s; retrying at a lower learning rate\n",
          pre, r->id, r->attempt + 1, (double)r->lr, r->group, r->reason);
   fflush(stdout);
+}
+
+/* The pre-trained checkpoint a job started from (NULL for scratch). */
+static const char *pretrained_of(const pipeline *pl, const transfer_result *r) {
+  if (r->strategy == EXP_STRAT_SCRATCH || !pl->pre) return NULL;
+  if (pl->pre->n == 1) return pl->pre->path[0];
+  for (int i = 0; i < pl->x->nseeds && i < pl->pre->n; i++)
+    if (pl->x->seeds[i] == r->seed) return pl->pre->path[i];
+  return NULL;
 }
 
 /* Coordinator: a job's final result goes to the console and results.jsonl,
@@ -373,6 +384,11 @@ static void on_result(void *ctx, const transfer_result *r, const transfer_progre
       fputs(", \"checkpoint\": ", f);
       json_str(f, r->checkpoint);
     }
+    const char *from = pretrained_of(pl, r);
+    if (from) {
+      fputs(", \"pretrained\": ", f);
+      json_str(f, from);
+    }
     fprintf(f, ", \"steps\": %lld, \"param_hash\": \"%016llx\", \"curve\": \"jobs/%s/metrics.jsonl\"",
             (long long)r->sum.steps, (unsigned long long)r->sum.param_hash, r->id);
     if (r->strategy == EXP_STRAT_FEATURE) {
@@ -402,7 +418,7 @@ static void finished_jobs(const exp_experiment *e, const char *root, unsigned ch
   char(*want)[200] = calloc((size_t)n, sizeof *want);
   transfer_result r;
   for (int i = 0; je && want && i < n; i++)
-    if (!transfer_job(e, root, "", i, je, &r)) snprintf(want[i], sizeof want[i], "{\"job\": \"%s\"", r.id);
+    if (!transfer_job(e, root, NULL, i, je, &r)) snprintf(want[i], sizeof want[i], "{\"job\": \"%s\"", r.id);
   ferry_err_clear();
   while (je && want && fgets(line, sizeof line, f)) {
     if (!strstr(line, "\"status\": \"ok\"")) continue;
@@ -415,16 +431,8 @@ static void finished_jobs(const exp_experiment *e, const char *root, unsigned ch
 }
 
 /* After pre-training: the transfer jobs, then the report. Collective. */
-static int run_transfer(exp_experiment *e, const char *root, const train_summary *pre,
+static int run_transfer(exp_experiment *e, const char *root, const transfer_pretrained *pre,
                         const dist_comm *world) {
-  char ckpt[EXP_PATH_MAX + 64];
-  CHECK_CALL(ckpt_path_for_step(ckpt, sizeof ckpt, e->out_dir, pre->steps));
-  /* Resumed from a checkpoint file elsewhere with no steps left to train:
-   * that file is the pre-training's final state (rank 0 looks; its path
-   * goes to every rank, only rank 0 reads checkpoints). */
-  if (world->rank == 0 && access(ckpt, R_OK) != 0 && e->resume[0] && strcmp(e->resume, "latest"))
-    snprintf(ckpt, sizeof ckpt, "%s", e->resume);
-  CHECK_CALL(dist_bcast(world, ckpt, sizeof ckpt, 0));
   int n = transfer_njobs(&e->transfer);
   unsigned char *skip = calloc((size_t)n, 1);
   CHECK_ALLOC(skip, (size_t)n);
@@ -444,9 +452,9 @@ static int run_transfer(exp_experiment *e, const char *root, const train_summary
                 ? world->size
                 : e->transfer.group_size;
     int lrs = e->transfer.nlrs > 0 ? e->transfer.nlrs : 1;
-    printf("transfer: %d jobs (%d targets x %d strategies x %d K x %d seeds x %d lr) from %s\n", n,
-           e->transfer.ntargets, e->transfer.nstrategies, e->transfer.nk, e->transfer.nseeds, lrs,
-           ckpt);
+    printf("transfer: %d jobs (%d targets x %d strategies x %d K x %d seeds x %d lr) from %s%s\n",
+           n, e->transfer.ntargets, e->transfer.nstrategies, e->transfer.nk, e->transfer.nseeds,
+           lrs, pre->path[0], pre->n > 1 ? " (seed 0's; one pre-trained model per seed)" : "");
     printf("transfer: %d worker group%s of %d rank%s; rank 0 coordinates and trains in group 0\n",
            (world->size + g - 1) / g, (world->size + g - 1) / g == 1 ? "" : "s", g, g == 1 ? "" : "s");
     if (skipped) printf("transfer: %d jobs already finished in %s/results.jsonl: skipped\n", skipped, root);
@@ -464,7 +472,9 @@ static int run_transfer(exp_experiment *e, const char *root, const train_summary
   pl.root = world->rank == 0 ? root : NULL;
   transfer_hooks th = {.on_job_start = on_job_start, .on_job_end = on_job_end,
                        .on_result = on_result, .on_retry = on_retry, .job_hooks = &jh, .ctx = &pl};
-  rc = transfer_run(e, root, ckpt, skip, world, &th);
+  pl.pre = pre;
+  pl.x = &e->transfer;
+  rc = transfer_run(e, root, pre, skip, world, &th);
   free(skip);
   if (pl.results) fclose(pl.results);
   if (rc) return rc;
@@ -474,6 +484,42 @@ static int run_transfer(exp_experiment *e, const char *root, const train_summary
     if (!rc) printf("report: %s/report.md, %s/report.json\n", root, root);
     fflush(stdout);
   }
+  return rc;
+}
+
+/* One training run in e->out_dir (a plain run, or a pipeline's pre-training):
+ * rank 0 prepares the directory and writes summary.json at the end; every
+ * rank trains. Collective. A failure all ranks know of comes back with
+ * sum->setup_failed set and sum->failed_rank the rank that can say why. */
+static int train_in_dir(exp_experiment *e, const dist_comm *world, train_summary *sum) {
+  presenter pr = {0};
+  int rc = 0;
+  memset(sum, 0, sizeof *sum);
+  sum->failed_rank = -1;
+  if (world->rank == 0) rc = prepare_out(e->out_dir, e->resume[0] != 0, &pr);
+  int first = -1, agreed = dist_agree(world, rc, &first);
+  if (agreed) {
+    if (pr.metrics) fclose(pr.metrics);
+    if (pr.steps) fclose(pr.steps);
+    sum->setup_failed = 1;
+    sum->failed_rank = first;
+    return agreed;
+  }
+  pr.bar = e->progress == 1 || (e->progress == -1 && isatty(STDOUT_FILENO));
+  train_hooks hooks = {.on_step = on_step, .on_epoch = on_epoch, .on_start = on_start,
+                       .on_log = on_log, .stop = &stop_requested, .ctx = &pr};
+  rc = train_run(e, world, &hooks, sum);
+  if (!rc && world->rank == 0) {
+    rc = write_summary(e->out_dir, e, sum);
+    if (!rc)
+      printf("test_acc %.4f  test_loss %.4f  %.0f train samples/s  wall %.1fs  -> %s/summary.json\n",
+             sum->test_acc, sum->test_loss, sum->train_samples_per_s, sum->wall_s, e->out_dir);
+    for (int k = 0; !rc && k < sum->ntasks; k++)
+      printf("  task %-12s test_acc %.4f  weight %.3f\n", sum->task_name[k], sum->task_acc[k],
+             sum->task_weight[k]);
+  }
+  if (pr.metrics) fclose(pr.metrics);
+  if (pr.steps) fclose(pr.steps);
   return rc;
 }
 
@@ -543,13 +589,15 @@ int cmd_train(int argc, char **argv) {
                          "group needs a shard of the job's data; set transfer.group_size <= %d "
                          "(or raise transfer.shards)", g, e.transfer.shards, e.transfer.shards);
   }
+  if (!rc && e.transfer.enabled && e.transfer.pretrain_per_seed && e.resume[0] &&
+      strcmp(e.resume, "latest"))
+    rc = ferry_err_set(FERRY_EUSER, __FILE__, __LINE__, __func__,
+                       "checkpoint.resume names one pre-trained model (%s) but "
+                       "transfer.pretrain_per_seed wants one per seed: drop one of the two",
+                       e.resume);
   char root[EXP_PATH_MAX];
   snprintf(root, sizeof root, "%s", e.out_dir);
-  if (!rc && e.transfer.enabled) {
-    /* A pipeline: pre-training in RUN_DIR/pretrain, jobs in RUN_DIR/jobs. */
-    snprintf(e.out_dir, sizeof e.out_dir, "%.*s/pretrain", (int)sizeof e.out_dir - 10, root);
-    e.ckpt_every_epoch = e.ckpt_every_epoch || e.ckpt_every_steps == 0;
-  }
+  if (!rc && e.transfer.enabled) e.ckpt_every_epoch = e.ckpt_every_epoch || e.ckpt_every_steps == 0;
   char *text = NULL;
   if (!rc) rc = read_experiment_text(file, sets, nsets, &text);
   e.text = text;
@@ -559,19 +607,14 @@ int cmd_train(int argc, char **argv) {
   const char *fault = getenv("FERRY_FAULT");
   if (fault) snprintf(e.fault, sizeof e.fault, "%s", fault);
   e.bench_no_sync = getenv("FERRY_BENCH_NO_SYNC") != NULL;
-  presenter pr = {0};
-  if (!rc && world.rank == 0) rc = prepare_out(e.out_dir, e.resume[0] != 0, &pr);
   int first = -1, agreed = dist_agree(&world, rc, &first);
   if (agreed) {
     /* Every rank read the same file: one message, from the first failing rank. */
     if (rc && world.rank == first) launch_print_error(world.rank);
-    if (pr.metrics) fclose(pr.metrics);
-    if (pr.steps) fclose(pr.steps);
     free(text);
     dist_finalize();
     return agreed;
   }
-  pr.bar = e.progress == 1 || (e.progress == -1 && isatty(STDOUT_FILENO));
   /* The layout, once: hosts, ranks per host, BLAS threads, MPI transport. */
   dist_topology topo;
   if (dist_topology_describe(&world, e.threads > 0 ? e.threads : openblas_get_num_threads(), &topo)) {
@@ -579,31 +622,52 @@ int cmd_train(int argc, char **argv) {
     dist_abort(&world, 1);
   }
   if (world.rank == 0) {
-    printf("ferry %s: %s; run directory %s\n", FERRY_VERSION, topo.line, e.out_dir);
+    printf("ferry %s: %s; run directory %s\n", FERRY_VERSION, topo.line, root);
     if (topo.warn[0]) fprintf(stderr, "%s\n", topo.warn);
     fflush(stdout);
   }
   install_stop_handlers();
-  train_hooks hooks = {.on_step = on_step, .on_epoch = on_epoch, .on_start = on_start,
-                       .on_log = on_log, .stop = &stop_requested, .ctx = &pr};
+  /* A pipeline pre-trains in RUN_DIR/pretrain (or once per transfer seed s,
+   * with seed + s, in RUN_DIR/pretrain.s<s>), then runs the jobs in
+   * RUN_DIR/jobs. */
+  static transfer_pretrained pre;
+  int nruns = e.transfer.enabled && e.transfer.pretrain_per_seed ? e.transfer.nseeds : 1;
+  uint64_t seed0 = e.seed;
   train_summary sum;
-  rc = train_run(&e, &world, &hooks, &sum);
-  if (!rc && world.rank == 0) {
-    rc = write_summary(e.out_dir, &e, &sum);
-    if (!rc)
-      printf("test_acc %.4f  test_loss %.4f  %.0f train samples/s  wall %.1fs  -> %s/summary.json\n",
-             sum.test_acc, sum.test_loss, sum.train_samples_per_s, sum.wall_s, e.out_dir);
-    for (int k = 0; !rc && k < sum.ntasks; k++)
-      printf("  task %-12s test_acc %.4f  weight %.3f\n", sum.task_name[k], sum.task_acc[k],
-             sum.task_weight[k]);
+  memset(&sum, 0, sizeof sum);
+  sum.failed_rank = -1;
+  for (int i = 0; !rc && i < nruns; i++) {
+    if (e.transfer.enabled && nruns > 1) {
+      e.seed = seed0 + (uint64_t)e.transfer.seeds[i];
+      snprintf(e.out_dir, sizeof e.out_dir, "%.*s/pretrain.s%lld", (int)sizeof e.out_dir - 32, root,
+               (long long)e.transfer.seeds[i]);
+      if (world.rank == 0) {
+        printf("pre-training %d/%d: seed %llu (for the jobs of transfer seed %lld) in %s\n", i + 1,
+               nruns, (unsigned long long)e.seed, (long long)e.transfer.seeds[i], e.out_dir);
+        fflush(stdout);
+      }
+    } else if (e.transfer.enabled) {
+      snprintf(e.out_dir, sizeof e.out_dir, "%.*s/pretrain", (int)sizeof e.out_dir - 10, root);
+    }
+    rc = train_in_dir(&e, &world, &sum);
+    if (!rc && e.transfer.enabled) {
+      /* The pre-training's final checkpoint; or, resumed from a checkpoint
+       * file elsewhere with no steps left to train, that file (rank 0
+       * looks; its path goes to every rank, only rank 0 reads checkpoints). */
+      rc = ckpt_path_for_step(pre.path[i], sizeof pre.path[i], e.out_dir, sum.steps);
+      if (!rc && world.rank == 0 && access(pre.path[i], R_OK) != 0 && e.resume[0] &&
+          strcmp(e.resume, "latest"))
+        snprintf(pre.path[i], sizeof pre.path[i], "%s", e.resume);
+      if (!rc) rc = dist_bcast(&world, pre.path[i], sizeof pre.path[i], 0);
+      pre.n = i + 1;
+    }
   }
+  e.seed = seed0;
   if (!rc && e.transfer.enabled) {
     int who = -1;
     rc = dist_agree(&world, rc, &who);
-    if (!rc) rc = run_transfer(&e, root, &sum, &world);
+    if (!rc) rc = run_transfer(&e, root, &pre, &world);
   }
-  if (pr.metrics) fclose(pr.metrics);
-  if (pr.steps) fclose(pr.steps);
   free(text);
   if (rc && sum.setup_failed) {
     /* Every rank knows; the rank that holds the cause says it, once. */

@@ -1771,6 +1771,10 @@ static const cfg_key k_transfer[] = {
             "is never retried"},
     {.name = "retry_lr_scale", .kind = K_F32, KF(exp_transfer, retry_lr_scale), .r = R_OC(0, 1),
      .doc = "each retry multiplies the job's learning rate by this"},
+    {.name = "pretrain_per_seed", .kind = K_BOOL, KF(exp_transfer, pretrain_per_seed),
+     .doc = "pre-train once per transfer seed s (with seed + s, in DIR/pretrain.s<s>) and start "
+            "seed s's jobs from that model, so the spread over seeds includes the pre-training's "
+            "own; false = one pre-training (DIR/pretrain) shared by every job"},
     {.name = NULL}};
 
 /* Runs only when the section is present: the transfer stage is on. */

@@ -160,6 +160,7 @@ int report_job_from_json(report_job *j, const report_jobj *o, const char *file, 
   CHECK_CALL(get_num(o, "steps", 0, HUGE_VAL, nonneg, file, line, &j->steps));
   CHECK_CALL(get_opt_str(o, "reason", file, line, &j->reason));
   CHECK_CALL(get_opt_str(o, "curve", file, line, &j->curve));
+  CHECK_CALL(get_opt_str(o, "pretrained", file, line, &j->pretrained));
   CHECK_CALL(get_extra(j, o, file, line));
   CHECK_USER(!j->ok || !isnan(j->test_acc),
              "%s:%d: job \"%s\" has status \"ok\" but no test_acc (a number in [0, 1])", file, line, j->job);
@@ -174,6 +175,7 @@ void report_job_clear(report_job *j) {
   free(j->strategy);
   free(j->reason);
   free(j->curve);
+  free(j->pretrained);
   for (int i = 0; i < j->nextra; i++) free(j->extra[i].key);
   free(j->extra);
   memset(j, 0, sizeof *j);
@@ -396,6 +398,34 @@ static void compare_rows(report *r) {
   }
 }
 
+/* How many pre-trained models the finished transfer jobs started from: with
+ * one, the spread over seeds leaves out the pre-training's own variance,
+ * and the reader should know that before trusting a small gain or loss. */
+static int note_pretrained(report *r) {
+  int jobs = 0, distinct = 0;
+  const char *one = NULL;
+  for (int i = 0; i < r->njobs; i++) {
+    const report_job *j = &r->jobs[i];
+    if (!j->ok || !j->pretrained) continue;
+    jobs++;
+    one = j->pretrained;
+    int seen = 0;
+    for (int x = 0; x < i && !seen; x++)
+      seen = r->jobs[x].ok && r->jobs[x].pretrained && !strcmp(r->jobs[x].pretrained, j->pretrained);
+    distinct += !seen;
+  }
+  if (distinct == 1)
+    return report_add_note(r, "the %d transfer job(s) all started from one pre-trained model (%s): "
+                           "the spread over seeds leaves out the pre-training's own variance "
+                           "(transfer.pretrain_per_seed pre-trains once per seed)",
+                           jobs, one);
+  if (distinct > 1)
+    return report_add_note(r, "the %d transfer job(s) started from %d pre-trained models (one per "
+                           "seed): the spread over seeds includes the pre-training's own variance",
+                           jobs, distinct);
+  return 0;
+}
+
 static int aggregate(report *r) {
   if (r->njobs) qsort(r->jobs, (size_t)r->njobs, sizeof *r->jobs, cmp_job);
   drop_superseded(r);
@@ -412,6 +442,7 @@ static int aggregate(report *r) {
     i = e;
   }
   compare_rows(r);
+  CHECK_CALL(note_pretrained(r));
   if (r->nsuperseded)
     CHECK_CALL(report_add_note(r, "%d line(s) of results.jsonl were replaced by a later line for the "
                                "same target, strategy, K and seed (a retried or resumed job); only "

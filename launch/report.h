@@ -53,6 +53,7 @@ typedef struct {
 /* One line of results.jsonl. Numbers absent or null are NAN. */
 typedef struct {
   char *job, *target, *strategy, *reason, *curve; /* reason, curve may be NULL */
+  char *pretrained;                               /* checkpoint it started from, or NULL */
   int k;                                          /* labelled samples per class; 0 = all */
   int seed;
   int ok;                                         /* status "ok" (1) or "failed" (0) */

@@ -108,6 +108,7 @@ typedef struct {
   int group_size;
   int retries;               /* re-runs of a job that failed at run time (NaN, divergence) */
   float retry_lr_scale;      /* each retry multiplies the learning rate by this */
+  int pretrain_per_seed;     /* one pre-training per seed (seed + seeds[i]), not one shared */
 } exp_transfer;
 
 /* Multi-task joint training: tasks share the trunk, each has a head, and

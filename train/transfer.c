@@ -31,8 +31,8 @@ int transfer_safe_name(const char *name) {
   return strstr(name, "..") == NULL;
 }
 
-int transfer_job(const exp_experiment *base, const char *run_dir, const char *pretrain_ckpt, int i,
-                 exp_experiment *je, transfer_result *r) {
+int transfer_job(const exp_experiment *base, const char *run_dir, const transfer_pretrained *pre,
+                 int i, exp_experiment *je, transfer_result *r) {
   const exp_transfer *x = &base->transfer;
   CHECK_RT(i >= 0 && i < transfer_njobs(x), "job %d of %d", i, transfer_njobs(x));
   /* Order: target, K, seed, lr, strategy: the strategies of one draw are adjacent. */
@@ -107,10 +107,12 @@ int transfer_job(const exp_experiment *base, const char *run_dir, const char *pr
     je->job.gradual_every = 0;
     je->job.l2sp = 0;
   }
-  if (r->strategy == EXP_STRAT_SCRATCH)
-    je->job.init_ckpt[0] = '\0';
-  else
-    snprintf(je->job.init_ckpt, sizeof je->job.init_ckpt, "%s", pretrain_ckpt);
+  je->job.init_ckpt[0] = '\0';
+  if (r->strategy != EXP_STRAT_SCRATCH && pre) {
+    CHECK_RT(pre->n == 1 || pre->n == x->nseeds, "%d pre-trained checkpoints for %d seeds", pre->n,
+             x->nseeds);
+    snprintf(je->job.init_ckpt, sizeof je->job.init_ckpt, "%s", pre->path[pre->n == 1 ? 0 : seed_i]);
+  }
   je->ckpt_every_steps = 0;
   je->ckpt_every_epoch = 0;
   je->ckpt_keep = 1;
@@ -213,7 +215,7 @@ static int coord_next(void *ctx, int group, int *what, void **spec, size_t *len)
   int i = q->queue[q->qhead++];
   q->nqueue--;
   transfer_result r;
-  CHECK_CALL(transfer_job(q->base, q->run_dir, "", i, q->je, &r));
+  CHECK_CALL(transfer_job(q->base, q->run_dir, NULL, i, q->je, &r));
   Ferry__JobSpec js = FERRY__JOB_SPEC__INIT;
   js.index = (uint32_t)i;
   js.id = r.id;
@@ -240,7 +242,7 @@ static int coord_result(void *ctx, int group, const void *res, size_t len) {
     ferry__job_result__free_unpacked(m, NULL);
     FERRY_FAIL(FERRY_ERUNTIME, "group %d sent a result for job %d, which does not exist", group, i);
   }
-  rc = transfer_job(q->base, q->run_dir, "", i, q->je, &r);
+  rc = transfer_job(q->base, q->run_dir, NULL, i, q->je, &r);
   if (rc) {
     ferry__job_result__free_unpacked(m, NULL);
     return rc;
@@ -293,14 +295,14 @@ static int serve(void *ctx) { return dist_sched_serve(ctx); }
 /* Runs the job a spec names on this rank's group; fills the packed result
  * on the group's leader. Returns non-zero only for failures that are not
  * the job's own (the caller ends the MPI job). */
-static int run_one(const exp_experiment *base, const char *run_dir, const char *pretrain_ckpt,
+static int run_one(const exp_experiment *base, const char *run_dir, const transfer_pretrained *pre,
                    dist_sched *s, const void *spec, size_t len, exp_experiment *je,
                    const transfer_hooks *h, void **res, size_t *res_len) {
   const dist_comm *g = dist_sched_group(s);
   Ferry__JobSpec *js = ferry__job_spec__unpack(NULL, len, spec);
   CHECK_RT(js, "a job spec from the coordinator does not parse (%zu bytes)", len);
   transfer_result r;
-  int rc = transfer_job(base, run_dir, pretrain_ckpt, (int)js->index, je, &r);
+  int rc = transfer_job(base, run_dir, pre, (int)js->index, je, &r);
   if (!rc && strcmp(r.id, js->id ? js->id : ""))
     rc = ferry_err_set(FERRY_EUSER, __FILE__, __LINE__, __func__,
                        "job %u is \"%s\" on the coordinator but \"%s\" here: every rank must read "
@@ -365,7 +367,7 @@ static int run_one(const exp_experiment *base, const char *run_dir, const char *
   return 0;
 }
 
-int transfer_run(const exp_experiment *base, const char *run_dir, const char *pretrain_ckpt,
+int transfer_run(const exp_experiment *base, const char *run_dir, const transfer_pretrained *pre,
                  const unsigned char *skip, const dist_comm *world, const transfer_hooks *h) {
   const exp_transfer *x = &base->transfer;
   int gsize = x->group_size <= 0 || x->group_size > world->size ? world->size : x->group_size;
@@ -401,7 +403,7 @@ int transfer_run(const exp_experiment *base, const char *run_dir, const char *pr
     res = NULL;
     res_len = 0;
     if (rc || !spec) break;
-    rc = run_one(base, run_dir, pretrain_ckpt, s, spec, len, je, h, &res, &res_len);
+    rc = run_one(base, run_dir, pre, s, spec, len, je, h, &res, &res_len);
     free(spec);
     spec = NULL;
   }

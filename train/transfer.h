@@ -46,23 +46,32 @@ typedef struct {
   void *ctx;
 } transfer_hooks;
 
+/* The pre-trained checkpoints jobs start from: n = 1, one shared by every
+ * job; or (transfer.pretrain_per_seed) n = transfer.nseeds, path[i] for the
+ * jobs of transfer.seeds[i]. */
+typedef struct {
+  int n;
+  char path[EXP_MAX_GRID][EXP_PATH_MAX];
+} transfer_pretrained;
+
 /* Number of jobs the section expands to. Not collective. */
 int transfer_njobs(const exp_transfer *x);
 /* Whether a name can be part of a path under the run directory: letters,
  * digits, '.', '_', '-', not starting with '.' (so no "..", no '/'). */
 int transfer_safe_name(const char *name);
 /* Builds job i's experiment from the base experiment (data = the target with
- * K and seed, the pre-training trunk + new head, the transfer section's
+ * K and seed, the trunk of its pre-trained checkpoint (pre may be NULL to
+ * name the job only) + new head, the transfer section's
  * training settings, out_dir = run_dir/jobs/<id>). Not collective. */
-int transfer_job(const exp_experiment *base, const char *run_dir, const char *pretrain_ckpt, int i,
-                 exp_experiment *je, transfer_result *r);
+int transfer_job(const exp_experiment *base, const char *run_dir, const transfer_pretrained *pre,
+                 int i, exp_experiment *je, transfer_result *r);
 /* Runs every job whose skip[i] is 0 (skip may be NULL): world rank 0
  * coordinates, worker groups of transfer.group_size ranks each train one job
  * at a time, longest expected job first. A job that fails on its group
  * (bad target data, divergence) is recorded as failed, or retried with a
  * lower learning rate when it failed at run time and retries are left; the
  * others go on. Any other failure is returned. Collective over world. */
-int transfer_run(const exp_experiment *base, const char *run_dir, const char *pretrain_ckpt,
+int transfer_run(const exp_experiment *base, const char *run_dir, const transfer_pretrained *pre,
                  const unsigned char *skip, const dist_comm *world, const transfer_hooks *h);
 
 #endif

@@ -53,4 +53,28 @@ C=$(ls "$R"/pretrain/ckpt-*.ferry | head -1)
 expect 0 "report: " -- "$FERRY" train "$TMP/exp.yaml" --out "$TMP/from" --progress plain \
   --set "checkpoint.resume=$C" --set "transfer.targets=[{name: t59, data: {train: $(src train 4000), test: $(src t10k 1000), classes: [5, 6, 7, 8, 9], val_frac: 0.1}}]"
 [ "$(grep -c '"status": "ok"' "$TMP/from/results.jsonl")" = 6 ] && ok || bad "jobs from a given checkpoint failed"
+# One pre-training per seed (transfer.pretrain_per_seed): seed s's jobs start
+# from pretrain.s<s> (seed + s), not from a shared model; --resume trains
+# no pre-training again; an explicit checkpoint.resume is refused.
+T59="transfer.targets=[{name: t59, data: {train: $(src train 4000), test: $(src t10k 1000), classes: [5, 6, 7, 8, 9], val_frac: 0.1}}]"
+P=$TMP/perseed
+expect 0 "pre-training 2/2: seed 1" -- "$FERRY" train "$TMP/exp.yaml" --out "$P" --progress plain \
+  --set transfer.pretrain_per_seed=true --set "$T59"
+[ "$(grep -c '"status": "ok"' "$P/results.jsonl")" = 6 ] && ok || bad "per-seed pipeline: want 6 finished jobs"
+[ ! -e "$P/pretrain" ] && ok || bad "per-seed pipeline wrote a shared pretrain/"
+ph() { grep -o '"param_hash": "[0-9a-f]*"' "$1/summary.json"; }
+# seed 0's pre-training is the shared one of the first run (same seed, same data)
+[ "$(ph "$P/pretrain.s0")" = "$(ph "$R/pretrain")" ] && ok || bad "pretrain.s0 differs from the seed-0 shared pre-training"
+[ -n "$(ph "$P/pretrain.s1")" ] && [ "$(ph "$P/pretrain.s1")" != "$(ph "$P/pretrain.s0")" ] && ok ||
+  bad "pretrain.s1 is not a second pre-training"
+for s in 0 1; do
+  [ "$(th "$P/jobs/t59.feature-extract.k20.s$s")" = "$(th "$P/pretrain.s$s")" ] && ok ||
+    bad "feature-extract seed $s did not use pretrain.s$s's trunk"
+  grep "t59.finetune.k20.s$s\"" "$P/results.jsonl" | grep -q "\"pretrained\": \"$P/pretrain.s$s/ckpt-" && ok ||
+    bad "results.jsonl does not name pretrain.s$s for seed $s's finetune job"
+done
+expect 0 "6 jobs already finished" -- "$FERRY" train "$TMP/exp.yaml" --out "$P" --progress plain --resume \
+  --set transfer.pretrain_per_seed=true --set "$T59"
+expect 2 "one per seed" -- "$FERRY" train "$TMP/exp.yaml" --out "$TMP/bad" --progress plain \
+  --set transfer.pretrain_per_seed=true --set "checkpoint.resume=$C"
 finish

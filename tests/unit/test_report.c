@@ -483,6 +483,37 @@ static void test_empty(void) {
   report_free(&r);
 }
 
+/* The report says how many pre-trained models the transfer jobs started
+ * from: one shared model (its spread leaves out pre-training's variance), or
+ * one per seed. Scratch jobs name none and do not count. */
+static void test_pretrained_note(void) {
+  static char text[4096];
+  const char *fmt =
+      "{\"job\": \"t.%s.k5.s%d\", \"target\": \"t\", \"strategy\": \"%s\", \"k\": 5, "
+      "\"seed\": %d, \"status\": \"ok\", \"test_acc\": 0.5%s%s%s}\n";
+  for (int per_seed = 0; per_seed < 2; per_seed++) {
+    text[0] = '\0';
+    char l[512], pre[64];
+    for (int s = 0; s < 3; s++) {
+      snprintf(l, sizeof l, fmt, "scratch", s, "scratch", s, "", "", "");
+      append(text, sizeof text, l);
+      snprintf(pre, sizeof pre, "r/pretrain%s%d/ckpt-9.ferry", per_seed ? ".s" : "", per_seed ? s : 0);
+      snprintf(l, sizeof l, fmt, "finetune", s, "finetune", s, ", \"pretrained\": \"", pre, "\"");
+      append(text, sizeof text, l);
+    }
+    report *r = load_text(text);
+    if (!r) return;
+    int found = 0;
+    for (int i = 0; i < r->nnotes; i++)
+      found += per_seed ? strstr(r->notes[i], "3 transfer job(s) started from 3 pre-trained models") != NULL
+                        : strstr(r->notes[i], "3 transfer job(s) all started from one pre-trained "
+                                              "model (r/pretrain0/ckpt-9.ferry)") != NULL;
+    CHECK_MSG(found == 1, "per_seed %d: %d notes, first \"%s\"", per_seed, r->nnotes,
+              r->nnotes ? r->notes[0] : "");
+    report_free(&r);
+  }
+}
+
 int main(void) {
   snprintf(tmpdir, sizeof tmpdir, "/tmp/ferry-test-report.XXXXXX");
   if (!mkdtemp(tmpdir)) {
@@ -499,6 +530,7 @@ int main(void) {
   test_unknown_and_extra();
   test_write_files();
   test_empty();
+  test_pretrained_note();
   char cmd[200];
   snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
   if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", tmpdir);
