@@ -47,7 +47,9 @@ Target subsets, per seed s and K (images per class)
   comparison, --subsets-in FILE takes the train-file indices per (seed, K)
   from a JSON file in the --subsets-out format (e.g. ferry's subsets, dumped
   with nn_data_split + nn_data_k_per_class); (seed, K) pairs missing from the
-  file are an error.
+  file are an error. --subsets-from RUN_DIR reads them from a ferry run
+  directly: each ferry transfer job writes the train-file rows of its draw to
+  RUN_DIR/jobs/<id>/train_ids.txt.
 
 Strategies (each: exactly --steps = 1000 optimizer steps, SGD momentum 0.9,
 lr 0.01, no weight decay, no augmentation, cross-entropy mean over the batch)
@@ -157,6 +159,31 @@ def load_subsets(path, ytrain):
             raise SystemExit(f"{path}: subset seed {s['seed']} K={s['K']} has per-class "
                              f"counts {counts}, expected {s['K']} each")
         out[(int(s["seed"]), int(s["K"]))] = idx
+    return out
+
+
+def subsets_from_run(run_dir, ytrain, seeds, ks):
+    """{(seed, K): indices} from a ferry run directory: every transfer job
+    records its K-shot draw in jobs/<id>/train_ids.txt (train-file rows, one
+    per line). All jobs of one (seed, K) must hold the same draw."""
+    import glob
+    out = {}
+    for seed in seeds:
+        for k in ks:
+            files = sorted(glob.glob(os.path.join(run_dir, "jobs", f"*.k{k}.s{seed}", "train_ids.txt"))
+                           + glob.glob(os.path.join(run_dir, "jobs", f"*.k{k}.s{seed}.lr*",
+                                                    "train_ids.txt")))
+            if not files:
+                raise SystemExit(f"{run_dir}: no jobs/*.k{k}.s{seed}/train_ids.txt (run ferry first)")
+            draws = [np.loadtxt(f, dtype=np.int64, comments="#", ndmin=1) for f in files]
+            for f, d in zip(files[1:], draws[1:]):
+                if not np.array_equal(d, draws[0]):
+                    raise SystemExit(f"{f} and {files[0]} hold different draws for seed {seed}, K={k}")
+            idx = draws[0]
+            counts = [int(np.sum(ytrain[idx] == c)) for c in TARGET_CLASSES]
+            if counts != [k] * len(TARGET_CLASSES):
+                raise SystemExit(f"{files[0]}: per-class counts {counts}, expected {k} each")
+            out[(seed, k)] = idx
     return out
 
 
@@ -316,6 +343,9 @@ def parse_args(argv=None):
     p.add_argument("--subsets-in", metavar="FILE",
                    help="read the train-file indices per (seed, K) from JSON (the --subsets-out "
                         "format) instead of drawing them, e.g. ferry's subsets for a paired run")
+    p.add_argument("--subsets-from", metavar="RUN_DIR",
+                   help="use the K-shot draws a ferry run's jobs trained on "
+                        "(RUN_DIR/jobs/<id>/train_ids.txt): the same images, for a paired run")
     p.add_argument("--data-dir", default=DATA_DIR)
     p.add_argument("--batch", type=int, default=32, help="target batch (min'd with 5K)")
     p.add_argument("--lr", type=float, default=0.01, help="target lr")
@@ -387,7 +417,11 @@ def main(argv=None):
     pre_accs = [r["test_acc"] for _, r in pres]
     del xs_tr, ys_tr, xs_te, ys_te
 
+    if args.subsets_in and args.subsets_from:
+        raise SystemExit("give --subsets-in or --subsets-from, not both")
     given = load_subsets(args.subsets_in, ytr_raw) if args.subsets_in else None
+    if args.subsets_from:
+        given = subsets_from_run(args.subsets_from, ytr_raw, args.seeds, args.ks)
     jobs, subsets = [], []
     for k in args.ks:
         for seed in args.seeds:
@@ -396,7 +430,8 @@ def main(argv=None):
             elif (seed, k) in given:
                 idx = given[(seed, k)]
             else:
-                raise SystemExit(f"{args.subsets_in}: no subset for seed {seed}, K={k}")
+                raise SystemExit(f"{args.subsets_in or args.subsets_from}: no subset for seed "
+                                 f"{seed}, K={k}")
             subsets.append({"seed": seed, "K": k, "train_indices": idx.tolist()})
             xsub = normalise(xtr_raw[idx])
             ysub = torch.from_numpy(ytr_raw[idx] - TARGET_CLASSES[0])
@@ -421,7 +456,7 @@ def main(argv=None):
             "pretrain_seed": args.pretrain_seed, "pretrain_per_seed": args.pretrain_per_seed,
             "source_classes": list(SOURCE_CLASSES),
             "target_classes": list(TARGET_CLASSES), "mean": MEAN, "std": STD,
-            "subsets_in": args.subsets_in,
+            "subsets_in": args.subsets_in, "subsets_from": args.subsets_from,
         },
     }
     print(json.dumps(summary), flush=True)

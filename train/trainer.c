@@ -329,6 +329,24 @@ static double task_weight(const trainer *t, int k) {
   return t->e->uncertainty ? exp(-t->log_var[k]) : (double)t->e->tasks[k].weight;
 }
 
+/* A K-shot run records which samples it drew: DIR/train_ids.txt, the
+ * training rows' indices in the source file (after the validation split),
+ * one per line, so the same images can be given to another program. */
+static int write_train_ids(const char *dir, const nn_dataset *d) {
+  char path[EXP_PATH_MAX + 32], tmp[EXP_PATH_MAX + 40];
+  snprintf(path, sizeof path, "%s/train_ids.txt", dir);
+  snprintf(tmp, sizeof tmp, "%s.tmp", path);
+  FILE *f = fopen(tmp, "w");
+  CHECK_RT(f, "cannot write %s", tmp);
+  fprintf(f, "# %lld training rows of %s: their indices in the source file, one per line\n",
+          (long long)d->n, d->source);
+  for (int64_t i = 0; i < d->n; i++) fprintf(f, "%lld\n", (long long)d->ids[i]);
+  int bad = ferror(f);
+  bad |= fclose(f);
+  CHECK_RT(!bad && rename(tmp, path) == 0, "cannot write %s", path);
+  return 0;
+}
+
 static int setup(trainer *t) {
   const exp_experiment *e = t->e;
   parse_fault(&t->fault, e->fault);
@@ -344,6 +362,8 @@ static int setup(trainer *t) {
   } else {
     CHECK_CALL(train_data_load(&t->d, e));
   }
+  if (e->data.k_per_class > 0 && t->c->rank == 0 && e->out_dir[0])
+    CHECK_CALL(write_train_ids(e->out_dir, &t->d.train));
   CHECK_CALL(nn_tf_check(e->data.tf, e->data.ntf, &t->d.train));
   CHECK_CALL(nn_tf_check(e->data.aug, e->data.naug, &t->d.train));
   snprintf(t->prov[0].name, sizeof t->prov[0].name, "train:%.200s", t->d.train.source);

@@ -45,6 +45,12 @@ ft=$(th "$R/jobs/t59.finetune.k20.s0")
 [ -n "$pre" ] && [ "$pre" = "$fe" ] && ok || bad "feature-extract changed the frozen trunk: $pre vs $fe"
 [ -n "$ft" ] && [ "$ft" != "$pre" ] && ok || bad "finetune did not change the trunk"
 grep -q '"feature_cache_speedup"' "$R/results.jsonl" && ok || bad "no feature-cache speed-up measured"
+# Each job records its K-shot draw (train-file rows): 5 classes x K = 20,
+# the same draw for every strategy of a seed, another draw for another seed.
+ids() { grep -v '^#' "$R/jobs/t59.$1.k20.s$2/train_ids.txt"; }
+[ "$(ids scratch 0 | wc -l)" = 100 ] && ok || bad "train_ids.txt of a K=20 job has $(ids scratch 0 | wc -l) rows, want 100"
+[ "$(ids scratch 0)" = "$(ids finetune 0)" ] && ok || bad "scratch and finetune of seed 0 drew different samples"
+[ "$(ids scratch 0)" != "$(ids scratch 1)" ] && ok || bad "seeds 0 and 1 drew the same samples"
 # Rerun: finished jobs are skipped, only the failed ones are tried again.
 expect 0 "6 jobs already finished" -- "$FERRY" train "$TMP/exp.yaml" --out "$R" --progress plain --resume
 # A pipeline started from another run's final pre-training checkpoint (as

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# ferry against PyTorch on the transfer protocol of examples/transfer-fmnist.yaml
+# (issue 5's acceptance), side by side in one run:
+#   1. ferry runs the pipeline (pre-training, then scratch / feature-extract /
+#      finetune for K = 10, 50, 200 and the seeds) with mpirun;
+#   2. bench/torch_transfer.py runs the same protocol on the SAME K-shot images
+#      (it reads the draws ferry's jobs recorded in jobs/<id>/train_ids.txt);
+#   3. bench/transfer_compare.py prints one JSON document: per strategy and K
+#      both programs' mean +- std over seeds, the difference, whether it is
+#      within 1.5 points, and finetune - scratch at K = 10 for both.
+# --per-seed pre-trains once per seed in both programs (ferry's
+# transfer.pretrain_per_seed, the peer's --pretrain-per-seed); without it both
+# pre-train once with seed 0, as the example file does.
+# Usage: bash bench/transfer_compare.sh [--seeds 0,1,2] [--per-seed] [--np 2]
+#                                       [--out DIR] [--ferry PATH]
+# Time: ferry about 1 min per seed on 2 ranks; the peer (1 thread) about
+# 4-6 min per seed. The JSON goes to stdout and DIR/compare.json.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+seeds=0,1,2 per_seed=0 np=2 out= ferry=build/ferry
+while [ $# -gt 0 ]; do
+  case $1 in
+    --seeds) seeds=$2; shift 2 ;;
+    --per-seed) per_seed=1; shift ;;
+    --np) np=$2; shift 2 ;;
+    --out) out=$2; shift 2 ;;
+    --ferry) ferry=$2; shift 2 ;;
+    *) echo "usage: $0 [--seeds 0,1,2] [--per-seed] [--np 2] [--out DIR] [--ferry PATH]" >&2; exit 2 ;;
+  esac
+done
+[[ $seeds =~ ^[0-9]+(,[0-9]+)*$ ]] || { echo "$0: --seeds wants a list like 0,1,2" >&2; exit 2; }
+[ -x "$ferry" ] || { echo "$0: $ferry is not built (cmake --build build)" >&2; exit 2; }
+out=${out:-$(mktemp -d /tmp/ferry-compare.XXXXXX)}
+mkdir -p "$out"
+export OMPI_MCA_mpi_yield_when_idle=1 OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1
+pflag=()
+[ "$per_seed" = 1 ] && pflag=(--pretrain-per-seed)
+echo "transfer_compare: ferry on $np ranks -> $out/ferry" >&2
+t0=$SECONDS
+mpirun --allow-run-as-root --oversubscribe -np "$np" "$ferry" train examples/transfer-fmnist.yaml \
+  --out "$out/ferry" --progress plain --set "transfer.seeds=[$seeds]" \
+  --set "transfer.pretrain_per_seed=$([ "$per_seed" = 1 ] && echo true || echo false)" \
+  > "$out/ferry.log" 2>&1 || { tail -n 20 "$out/ferry.log" >&2; exit 1; }
+t1=$SECONDS
+echo "transfer_compare: PyTorch (1 thread) on ferry's K-shot draws -> $out/torch.json" >&2
+/usr/bin/python3 bench/torch_transfer.py --threads 1 --seeds "$seeds" "${pflag[@]}" \
+  --subsets-from "$out/ferry" --json-out "$out/torch.json" > "$out/torch.log" 2>&1 ||
+  { tail -n 20 "$out/torch.log" >&2; exit 1; }
+t2=$SECONDS
+/usr/bin/python3 bench/transfer_compare.py "$out/ferry" "$out/torch.json" \
+  --ferry-s $((t1 - t0)) --torch-s $((t2 - t1)) | tee "$out/compare.json"
