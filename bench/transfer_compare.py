@@ -6,7 +6,7 @@ within the tolerance (issue 5: 1.5 points); finetune - scratch at the
 smallest K for both (issue 5: >= 3 points); pre-training test accuracy.
 Prints one JSON document.
 
-usage: transfer_compare.py FERRY_RUN_DIR TORCH_JSON [--tol 1.5] [--margin 3]
+usage: transfer_compare.py FERRY_RUN_DIR TORCH_JSON... [--tol 1.5] [--margin 3]
                            [--ferry-s S] [--torch-s S]
 """
 import argparse
@@ -39,12 +39,23 @@ def ferry_results(run_dir):
     return acc, pre
 
 
-def torch_results(path):
-    with open(path) as f:
-        doc = json.load(f)
-    acc = {(j["strategy"], j["K"], j["seed"]): j["test_acc"] for j in doc["jobs"]}
-    pre = [{"seed": p["seed"], "test_acc": p["test_acc"]} for p in doc.get("pretrains", [doc["pretrain"]])]
-    return acc, pre, doc["summary"]["config"]
+def torch_results(paths):
+    """Jobs and pre-trainings of one or more torch_transfer.py JSON files
+    (seeds split over processes); the config of the first, seeds merged."""
+    acc, pre, cfg = {}, [], None
+    for path in paths:
+        with open(path) as f:
+            doc = json.load(f)
+        acc.update({(j["strategy"], j["K"], j["seed"]): j["test_acc"] for j in doc["jobs"]})
+        pre += [{"seed": p["seed"], "test_acc": p["test_acc"]}
+                for p in doc.get("pretrains", [doc["pretrain"]])]
+        c = doc["summary"]["config"]
+        if cfg is None:
+            cfg = dict(c)
+        else:
+            cfg["seeds"] = cfg["seeds"] + c["seeds"]
+    cfg["seeds"] = sorted(set(cfg["seeds"]))
+    return acc, sorted(pre, key=lambda p: p["seed"]), cfg
 
 
 def stats(vals):
@@ -55,7 +66,7 @@ def stats(vals):
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("ferry_run")
-    p.add_argument("torch_json")
+    p.add_argument("torch_json", nargs="+")
     p.add_argument("--tol", type=float, default=1.5)
     p.add_argument("--margin", type=float, default=3.0)
     p.add_argument("--ferry-s", type=float)

@@ -12,12 +12,15 @@
 # transfer.pretrain_per_seed, the peer's --pretrain-per-seed); without it both
 # pre-train once with seed 0, as the example file does.
 # Usage: bash bench/transfer_compare.sh [--seeds 0,1,2] [--per-seed] [--np 2]
-#                                       [--out DIR] [--ferry PATH]
+#                                       [--out DIR] [--ferry PATH] [--torch-procs P]
+# --torch-procs P splits the seeds over P PyTorch processes of 1 thread each
+# (only with --per-seed: otherwise each process would pre-train the shared
+# model again).
 # Time: ferry about 1 min per seed on 2 ranks; the peer (1 thread) about
 # 4-6 min per seed. The JSON goes to stdout and DIR/compare.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-seeds=0,1,2 per_seed=0 np=2 out= ferry=build/ferry
+seeds=0,1,2 per_seed=0 np=2 out= ferry=build/ferry procs=1
 while [ $# -gt 0 ]; do
   case $1 in
     --seeds) seeds=$2; shift 2 ;;
@@ -25,7 +28,8 @@ while [ $# -gt 0 ]; do
     --np) np=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
     --ferry) ferry=$2; shift 2 ;;
-    *) echo "usage: $0 [--seeds 0,1,2] [--per-seed] [--np 2] [--out DIR] [--ferry PATH]" >&2; exit 2 ;;
+    --torch-procs) procs=$2; shift 2 ;;
+    *) echo "usage: $0 [--seeds 0,1,2] [--per-seed] [--np 2] [--out DIR] [--ferry PATH] [--torch-procs P]" >&2; exit 2 ;;
   esac
 done
 [[ $seeds =~ ^[0-9]+(,[0-9]+)*$ ]] || { echo "$0: --seeds wants a list like 0,1,2" >&2; exit 2; }
@@ -42,10 +46,22 @@ mpirun --allow-run-as-root --oversubscribe -np "$np" "$ferry" train examples/tra
   --set "transfer.pretrain_per_seed=$([ "$per_seed" = 1 ] && echo true || echo false)" \
   > "$out/ferry.log" 2>&1 || { tail -n 20 "$out/ferry.log" >&2; exit 1; }
 t1=$SECONDS
-echo "transfer_compare: PyTorch (1 thread) on ferry's K-shot draws -> $out/torch.json" >&2
-/usr/bin/python3 bench/torch_transfer.py --threads 1 --seeds "$seeds" "${pflag[@]}" \
-  --subsets-from "$out/ferry" --json-out "$out/torch.json" > "$out/torch.log" 2>&1 ||
-  { tail -n 20 "$out/torch.log" >&2; exit 1; }
+echo "transfer_compare: PyTorch (1 thread x $procs) on ferry's K-shot draws -> $out/torch*.json" >&2
+[ "$procs" -gt 1 ] && [ "$per_seed" != 1 ] && { echo "$0: --torch-procs > 1 needs --per-seed" >&2; exit 2; }
+IFS=, read -ra all <<< "$seeds"
+pids=() jsons=()
+for ((p = 0; p < procs; p++)); do
+  part=()
+  for ((i = p; i < ${#all[@]}; i += procs)); do part+=("${all[i]}"); done
+  [ ${#part[@]} -eq 0 ] && continue
+  list=$(IFS=,; echo "${part[*]}")
+  /usr/bin/python3 bench/torch_transfer.py --threads 1 --seeds "$list" "${pflag[@]}" \
+    --subsets-from "$out/ferry" --json-out "$out/torch$p.json" > "$out/torch$p.log" 2>&1 &
+  pids+=($!) jsons+=("$out/torch$p.json")
+done
+for ((p = 0; p < ${#pids[@]}; p++)); do
+  wait "${pids[p]}" || { tail -n 20 "$out/torch$p.log" >&2; exit 1; }
+done
 t2=$SECONDS
-/usr/bin/python3 bench/transfer_compare.py "$out/ferry" "$out/torch.json" \
+/usr/bin/python3 bench/transfer_compare.py "$out/ferry" "${jsons[@]}" \
   --ferry-s $((t1 - t0)) --torch-s $((t2 - t1)) | tee "$out/compare.json"
