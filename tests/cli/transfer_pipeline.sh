@@ -81,6 +81,19 @@ for s in 0 1; do
 done
 expect 0 "6 jobs already finished" -- "$FERRY" train "$TMP/exp.yaml" --out "$P" --progress plain --resume \
   --set transfer.pretrain_per_seed=true --set "$T59"
+# Killed (SIGKILL) during the first of the two pre-trainings, then rerun
+# with --resume: both pre-trainings and every job end as in the uninterrupted
+# run (same param_hash), nothing is lost or run twice.
+K=$TMP/perseed-kill
+if { FERRY_FAULT=0:kill@30 "$FERRY" train "$TMP/exp.yaml" --out "$K" --progress plain \
+  --set transfer.pretrain_per_seed=true --set "$T59"; } > /dev/null 2>&1; then bad "the fault did not kill the run"; else ok; fi 2> /dev/null
+[ ! -e "$K/pretrain.s0/summary.json" ] && ok || bad "pretrain.s0 finished although it was killed"
+expect 0 "report: " -- "$FERRY" train "$TMP/exp.yaml" --out "$K" --progress plain --resume \
+  --set transfer.pretrain_per_seed=true --set "$T59"
+for s in 0 1; do
+  [ "$(ph "$K/pretrain.s$s")" = "$(ph "$P/pretrain.s$s")" ] && ok || bad "resumed pretrain.s$s differs from the uninterrupted one"
+done
+[ "$(grep -c '"status": "ok"' "$K/results.jsonl")" = 6 ] && ok || bad "resumed per-seed pipeline: want 6 finished jobs"
 expect 2 "one per seed" -- "$FERRY" train "$TMP/exp.yaml" --out "$TMP/bad" --progress plain \
   --set transfer.pretrain_per_seed=true --set "checkpoint.resume=$C"
 finish
