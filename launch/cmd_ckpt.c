@@ -1,10 +1,11 @@
-/* `ferry ckpt inspect FILE [--json]` and `ferry ckpt verify FILE`: read a
- * checkpoint without training (no MPI start-up). Both verify every record
+/* `ferry ckpt inspect FILE [--json]`, `ferry ckpt verify FILE` and `ferry
+ * ckpt export FILE DIR`: read a checkpoint without training (no MPI start-up). Both verify every record
  * first; a file that fails exits 1 with the reason and byte offset. */
 #include <stdio.h>
 #include <string.h>
 
 #include "launch/commands.h"
+#include "launch/report_io.h"
 #include "nn/err.h"
 #include "train/ckpt.h"
 
@@ -12,6 +13,7 @@ void cmd_ckpt_help(void) {
   printf(
       "usage: ferry ckpt inspect FILE [--json]\n"
       "       ferry ckpt verify FILE\n"
+      "       ferry ckpt export FILE DIR\n"
       "\n"
       "Reads a checkpoint written by `ferry train` (files DIR/ckpt-<step>.ferry).\n"
       "Opening one checks the magic, the format version, the CRC-32 of every\n"
@@ -23,6 +25,10 @@ void cmd_ckpt_help(void) {
       "                 every tensor with its shape and L2 norm\n"
       "     --json      the same as one JSON document\n"
       "  verify FILE    print \"ok: ...\" if the file is intact\n"
+      "  export FILE DIR  write every tensor to DIR/<name>.f32 (raw little-endian\n"
+      "                 float32, row-major) and DIR/manifest.json (name, shape, role,\n"
+      "                 file of each): the weights for NumPy or PyTorch, e.g.\n"
+      "                 numpy.fromfile(DIR + \"/trunk.conv1.W.f32\", \"<f4\").reshape(shape)\n"
       "\n"
       "exit codes: 0 ok, 1 the file is missing, unreadable, corrupt or truncated\n"
       "            (the message says why and at which byte), 2 usage error.\n"
@@ -32,7 +38,7 @@ void cmd_ckpt_help(void) {
 static int usage_error(const char *why) {
   fprintf(stderr, "ferry ckpt: %s\n\n", why);
   fprintf(stderr, "usage: ferry ckpt inspect FILE [--json]\n       ferry ckpt verify FILE\n"
-                  "       ferry ckpt --help\n");
+                  "       ferry ckpt export FILE DIR\n       ferry ckpt --help\n");
   return 2;
 }
 
@@ -52,6 +58,17 @@ static int run_verify(const char *path) {
   return 0;
 }
 
+static int run_export(const char *path, const char *dir) {
+  ckpt_file *f = NULL;
+  if (open_or_report(&f, path)) return 1;
+  int rc = io_mkdirs(dir);
+  if (!rc) rc = ckpt_export(f, dir);
+  if (!rc) printf("exported %d tensors of %s to %s (manifest.json)\n", ckpt_ntensors(f), path, dir);
+  ckpt_close(&f);
+  if (rc) launch_print_error(0);
+  return rc ? 1 : 0;
+}
+
 static int run_inspect(const char *path, int json) {
   ckpt_file *f = NULL;
   if (open_or_report(&f, path)) return 1;
@@ -67,13 +84,18 @@ int cmd_ckpt(int argc, char **argv) {
       cmd_ckpt_help();
       return 0;
     }
-  if (argc < 1) return usage_error("missing subcommand (inspect or verify)");
+  if (argc < 1) return usage_error("missing subcommand (inspect, verify or export)");
   const char *sub = argv[0], *file = NULL;
   int json = 0;
   int is_inspect = !strcmp(sub, "inspect"), is_verify = !strcmp(sub, "verify");
+  if (!strcmp(sub, "export")) {
+    if (argc != 3 || argv[1][0] == '-' || argv[2][0] == '-')
+      return usage_error("export wants FILE and DIR");
+    return run_export(argv[1], argv[2]);
+  }
   if (!is_inspect && !is_verify) {
     char msg[128];
-    snprintf(msg, sizeof msg, "unknown subcommand \"%.60s\" (expected inspect or verify)", sub);
+    snprintf(msg, sizeof msg, "unknown subcommand \"%.60s\" (expected inspect, verify or export)", sub);
     return usage_error(msg);
   }
   for (int i = 1; i < argc; i++) {

@@ -14,7 +14,7 @@ typedef struct {
 
 static const command commands[] = {
     {"train", cmd_train, cmd_train_help, "train a model on one dataset (data-parallel under mpirun)"},
-    {"ckpt", cmd_ckpt, cmd_ckpt_help, "inspect or verify a checkpoint file"},
+    {"ckpt", cmd_ckpt, cmd_ckpt_help, "inspect, verify or export a checkpoint file"},
     {"report", cmd_report, cmd_report_help, "summarise a transfer run (tables, negative transfer, plots)"},
 };
 #define NCOMMANDS ((int)(sizeof commands / sizeof commands[0]))

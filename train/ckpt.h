@@ -125,5 +125,10 @@ int ckpt_path_for_step(char *out, size_t n, const char *dir, int64_t step);
  * step and cursor, seed, optimizer, provenance, model spec, and every tensor
  * with its shape and L2 norm. Not collective. */
 int ckpt_print(const ckpt_file *f, FILE *out, int json);
+/* Writes every tensor of f to dir (which must exist) as <name>.f32, raw
+ * little-endian float32 in row-major order, and dir/manifest.json naming
+ * each file with its shape and role (param, optim.m, optim.v): the weights
+ * for NumPy or PyTorch. Not collective. */
+int ckpt_export(const ckpt_file *f, const char *dir);
 
 #endif

@@ -226,3 +226,64 @@ int ckpt_print(const ckpt_file *f, FILE *out, int json) {
   CHECK_RT(!ferror(out), "writing the description of checkpoint %s failed", f->name);
   return 0;
 }
+
+/* One tensor's elements as a raw little-endian float32 file. */
+static int export_tensor(const ckpt_file *f, size_t i, const char *path, float *buf) {
+  ckpt_tensor_read(f, i, buf);
+  FILE *out = fopen(path, "wb");
+  CHECK_RT(out, "cannot write %s", path);
+  size_t n = (size_t)f->tensors.t[i].numel;
+  int bad = fwrite(buf, sizeof(float), n, out) != n;
+  bad |= fclose(out) != 0;
+  CHECK_RT(!bad, "cannot write %s", path);
+  return 0;
+}
+
+int ckpt_export(const ckpt_file *f, const char *dir) {
+  uint64_t most = 1;
+  for (size_t i = 0; i < f->tensors.n; i++)
+    if (f->tensors.t[i].numel > most) most = f->tensors.t[i].numel;
+  float *buf = malloc((size_t)most * sizeof *buf);
+  CHECK_ALLOC(buf, (size_t)most * sizeof *buf);
+  char path[4096];
+  int rc = 0;
+  for (size_t i = 0; !rc && i < f->tensors.n; i++) {
+    const char *name = f->tensors.t[i].name;
+    /* Names come from the file: one that could leave dir is refused. */
+    if (!name[0] || name[0] == '.' || strchr(name, '/')) {
+      rc = ferry_err_set(FERRY_EUSER, __FILE__, __LINE__, __func__,
+                         "%s: tensor %zu is named \"%s\", which cannot be a file name in %s",
+                         f->name, i, name, dir);
+      break;
+    }
+    snprintf(path, sizeof path, "%s/%s.f32", dir, name);
+    rc = export_tensor(f, i, path, buf);
+  }
+  free(buf);
+  CHECK_CALL(rc);
+  snprintf(path, sizeof path, "%s/manifest.json", dir);
+  FILE *out = fopen(path, "w");
+  CHECK_RT(out, "cannot write %s", path);
+  fputs("{\"checkpoint\": ", out);
+  json_str(out, f->name);
+  fprintf(out, ", \"step\": %lld, \"dtype\": \"float32\", \"byte_order\": \"little\", \"tensors\": [",
+          (long long)f->meta.step);
+  for (size_t i = 0; i < f->tensors.n; i++) {
+    const ckpt_tensor *t = &f->tensors.t[i];
+    fputs(i ? ",\n  {\"name\": " : "\n  {\"name\": ", out);
+    json_str(out, t->name);
+    fputs(", \"shape\": [", out);
+    for (int d = 0; d < t->ndims; d++) fprintf(out, "%s%llu", d ? ", " : "", (unsigned long long)t->dims[d]);
+    fprintf(out, "], \"role\": \"%s\", \"file\": ",
+            t->role == CKPT_ROLE_PARAM ? "param" : t->role == CKPT_ROLE_OPT_M ? "optim.m" : "optim.v");
+    char file[CKPT_NAME_MAX + 8];
+    snprintf(file, sizeof file, "%s.f32", t->name);
+    json_str(out, file);
+    fputs("}", out);
+  }
+  fputs("\n]}\n", out);
+  int bad = ferror(out);
+  bad |= fclose(out) != 0;
+  CHECK_RT(!bad, "cannot write %s", path);
+  return 0;
+}

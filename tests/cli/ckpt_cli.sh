@@ -7,13 +7,14 @@ py=/usr/bin/python3
 
 expect 0 "usage: ferry ckpt inspect" -- "$FERRY" ckpt --help
 expect 0 "usage: ferry ckpt inspect" -- "$FERRY" help ckpt
-expect 0 "ckpt +inspect or verify" -- "$FERRY" --help
+expect 0 "ckpt +inspect, verify or export" -- "$FERRY" --help
 expect 2 "missing subcommand" -- "$FERRY" ckpt
 expect 2 "unknown subcommand" -- "$FERRY" ckpt frobnicate x
 expect 2 "missing FILE" -- "$FERRY" ckpt verify
 expect 2 "exactly one FILE" -- "$FERRY" ckpt verify a b
 expect 2 "unknown option \"--bogus\"" -- "$FERRY" ckpt inspect x --bogus
 expect 2 "unknown option \"--json\"" -- "$FERRY" ckpt verify x --json
+expect 2 "export wants FILE and DIR" -- "$FERRY" ckpt export x
 
 # Checkpoints every 3 steps of a 7-step run, keeping 2: ckpt-6 and ckpt-7.
 expect 0 "test_acc" -- "$FERRY" train "$SRC/examples/mlp-fmnist.yaml" --out "$TMP/run" --progress plain \
@@ -45,6 +46,23 @@ assert "optim.m.head.main.dense1.b" in t and "optim.v.trunk.dense1.W" not in t
 assert all(math.isfinite(x["l2"]) and x["l2"] > 0 for x in t.values())
 assert "mlp-fmnist" in d["experiment"] and len(d["experiment_hash"]) == 16
 PY
+  # export: every tensor as raw float32 plus a manifest; the values are the
+  # checkpoint's (their L2 norms equal what inspect --json reports).
+  expect 0 "exported 12 tensors" -- "$FERRY" ckpt export "$C" "$TMP/exp"
+  "$py" - "$TMP/exp" "$TMP/c.json" <<'PY' && ok || bad "export: files do not match the checkpoint"
+import json, math, os, struct, sys
+d, ref = sys.argv[1], {t["name"]: t for t in json.load(open(sys.argv[2]))["tensors"]}
+man = json.load(open(os.path.join(d, "manifest.json")))
+assert man["step"] == 7 and man["dtype"] == "float32" and len(man["tensors"]) == 12, man
+for t in man["tensors"]:
+    raw = open(os.path.join(d, t["file"]), "rb").read()
+    n = math.prod(t["shape"])
+    assert len(raw) == 4 * n and t["shape"] == ref[t["name"]]["shape"], t
+    l2 = math.sqrt(sum(v * v for v in struct.unpack(f"<{n}f", raw)))
+    assert abs(l2 - ref[t["name"]]["l2"]) <= 1e-5 * max(1.0, l2), (t["name"], l2, ref[t["name"]]["l2"])
+assert man["tensors"][0]["role"] == "param" and any(t["role"] == "optim.m" for t in man["tensors"])
+PY
+  expect 1 "cannot open|No such file" -- "$FERRY" ckpt export "$TMP/missing.ferry" "$TMP/exp2"
   # The framing reader printed in docs/checkpoint-format.md, run as written.
   sed -n '/^```python$/,/^```$/p' "$SRC/docs/checkpoint-format.md" | sed '1d;$d' >"$TMP/reader.py"
   expect 0 "^version 1, 14 records, header [0-9]+ bytes, first chunk: tensor 0 at 0" -- "$py" "$TMP/reader.py" "$C"
