@@ -49,7 +49,9 @@ Target subsets, per seed s and K (images per class)
   with nn_data_split + nn_data_k_per_class); (seed, K) pairs missing from the
   file are an error. --subsets-from RUN_DIR reads them from a ferry run
   directly: each ferry transfer job writes the train-file rows of its draw to
-  RUN_DIR/jobs/<id>/train_ids.txt.
+  RUN_DIR/jobs/<id>/train_ids.txt. --pretrained-from RUN_DIR skips the
+  pre-training and uses the ferry run's pre-trained model(s) instead (read
+  with `ferry ckpt export`), so that only the transfer stage is compared.
 
 Strategies (each: exactly --steps = 1000 optimizer steps, SGD momentum 0.9,
 lr 0.01, no weight decay, no augmentation, cross-entropy mean over the batch)
@@ -185,6 +187,42 @@ def subsets_from_run(run_dir, ytrain, seeds, ks):
                 raise SystemExit(f"{files[0]}: per-class counts {counts}, expected {k} each")
             out[(seed, k)] = idx
     return out
+
+
+FERRY_NAMES = {"trunk.conv1.W": "0.0.weight", "trunk.conv1.b": "0.0.bias",
+               "trunk.conv2.W": "0.3.weight", "trunk.conv2.b": "0.3.bias",
+               "trunk.dense1.W": "0.7.weight", "trunk.dense1.b": "0.7.bias",
+               "head.main.dense1.W": "1.weight", "head.main.dense1.b": "1.bias"}
+
+
+def ferry_pretrained(run_dir, seed, per_seed, ferry):
+    """The pre-trained model (trunk + source head) of a ferry run: the final
+    checkpoint of RUN_DIR/pretrain (or pretrain.s<seed> when ferry pre-trained
+    per seed), exported with `ferry ckpt export` and loaded by tensor name."""
+    import glob
+    import re
+    import subprocess
+    import tempfile
+    d = os.path.join(run_dir, f"pretrain.s{seed}" if per_seed else "pretrain")
+    ckpts = glob.glob(os.path.join(d, "ckpt-*.ferry"))
+    if not ckpts:
+        raise SystemExit(f"{d}: no ckpt-*.ferry (run ferry first)")
+    last = max(ckpts, key=lambda c: int(re.search(r"ckpt-(\d+)\.ferry$", c).group(1)))
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run([ferry, "ckpt", "export", last, tmp], check=True, stdout=subprocess.DEVNULL)
+        with open(os.path.join(tmp, "manifest.json")) as f:
+            man = json.load(f)
+        state = {}
+        for t in man["tensors"]:
+            if t["name"] in FERRY_NAMES:
+                a = np.fromfile(os.path.join(tmp, t["file"]), "<f4").reshape(t["shape"])
+                state[FERRY_NAMES[t["name"]]] = torch.from_numpy(a.copy())
+    model = nn.Sequential(make_trunk(), make_head(len(SOURCE_CLASSES)))
+    missing = set(model.state_dict()) - set(state)
+    if missing:
+        raise SystemExit(f"{last}: no tensors for {sorted(missing)} (not the protocol's CNN?)")
+    model.load_state_dict(state)
+    return model, last
 
 
 def batch_stream(n, batch, steps, seed):
@@ -346,6 +384,13 @@ def parse_args(argv=None):
     p.add_argument("--subsets-from", metavar="RUN_DIR",
                    help="use the K-shot draws a ferry run's jobs trained on "
                         "(RUN_DIR/jobs/<id>/train_ids.txt): the same images, for a paired run")
+    p.add_argument("--pretrained-from", metavar="RUN_DIR",
+                   help="no pre-training: use the pre-trained model(s) of a ferry run (its final "
+                        "pretrain/ checkpoint, or pretrain.s<seed>/ with --pretrain-per-seed), "
+                        "read with `ferry ckpt export`; isolates the transfer stage")
+    p.add_argument("--ferry", default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                                   "..", "build", "ferry"),
+                   help="ferry binary for --pretrained-from (default: build/ferry)")
     p.add_argument("--data-dir", default=DATA_DIR)
     p.add_argument("--batch", type=int, default=32, help="target batch (min'd with 5K)")
     p.add_argument("--lr", type=float, default=0.01, help="target lr")
@@ -401,8 +446,16 @@ def main(argv=None):
     pre_seeds = ([args.pretrain_seed + s for s in args.seeds] if args.pretrain_per_seed
                  else [args.pretrain_seed])
     pres = []
-    for ps in pre_seeds:
-        trunk, rec = pretrain(args, xs_tr, ys_tr, xs_te, ys_te, ps)
+    for i, ps in enumerate(pre_seeds):
+        if args.pretrained_from:
+            t0 = time.perf_counter()
+            model, path = ferry_pretrained(args.pretrained_from, args.seeds[i], args.pretrain_per_seed,
+                                           args.ferry)
+            trunk = model[0]
+            rec = {"kind": "pretrain", "test_acc": evaluate(model, xs_te, ys_te), "seed": ps,
+                   "from": path, "wall_s": time.perf_counter() - t0, "train_s": 0.0}
+        else:
+            trunk, rec = pretrain(args, xs_tr, ys_tr, xs_te, ys_te, ps)
         for prm in trunk.parameters():
             prm.requires_grad_(False)  # frozen for feature extraction; finetune copies re-enable
         print(json.dumps(rec), flush=True)
@@ -457,6 +510,7 @@ def main(argv=None):
             "source_classes": list(SOURCE_CLASSES),
             "target_classes": list(TARGET_CLASSES), "mean": MEAN, "std": STD,
             "subsets_in": args.subsets_in, "subsets_from": args.subsets_from,
+            "pretrained_from": args.pretrained_from,
         },
     }
     print(json.dumps(summary), flush=True)

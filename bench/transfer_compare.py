@@ -101,6 +101,7 @@ def main():
         "bench": "transfer_compare", "seeds": seeds, "ks": ks,
         "pretrain_per_seed": cfg.get("pretrain_per_seed", False),
         "same_k_shot_draws": bool(cfg.get("subsets_from") or cfg.get("subsets_in")),
+        "torch_uses_ferry_pretrained": bool(cfg.get("pretrained_from")),
         "tolerance_pts": a.tol, "rows": rows, "max_abs_diff": worst,
         "all_within_tol": all(r["within_tol"] for r in rows),
         "finetune_minus_scratch": margin, "margin_target_pts": a.margin,

@@ -13,6 +13,10 @@
 # pre-train once with seed 0, as the example file does.
 # Usage: bash bench/transfer_compare.sh [--seeds 0,1,2] [--per-seed] [--np 2]
 #                                       [--out DIR] [--ferry PATH] [--torch-procs P]
+# --ferry-pretrained: PyTorch does not pre-train but starts from ferry's
+# pre-trained model(s) (read with `ferry ckpt export`), so only the transfer
+# stage is compared; its pre-training accuracy line is then PyTorch's
+# evaluation of ferry's model.
 # --torch-procs P splits the seeds over P PyTorch processes of 1 thread each
 # (only with --per-seed: otherwise each process would pre-train the shared
 # model again).
@@ -20,7 +24,7 @@
 # 4-6 min per seed. The JSON goes to stdout and DIR/compare.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-seeds=0,1,2 per_seed=0 np=2 out= ferry=build/ferry procs=1
+seeds=0,1,2 per_seed=0 np=2 out= ferry=build/ferry procs=1 shared=0
 while [ $# -gt 0 ]; do
   case $1 in
     --seeds) seeds=$2; shift 2 ;;
@@ -29,7 +33,8 @@ while [ $# -gt 0 ]; do
     --out) out=$2; shift 2 ;;
     --ferry) ferry=$2; shift 2 ;;
     --torch-procs) procs=$2; shift 2 ;;
-    *) echo "usage: $0 [--seeds 0,1,2] [--per-seed] [--np 2] [--out DIR] [--ferry PATH] [--torch-procs P]" >&2; exit 2 ;;
+    --ferry-pretrained) shared=1; shift ;;
+    *) echo "usage: $0 [--seeds 0,1,2] [--per-seed] [--ferry-pretrained] [--np 2] [--out DIR] [--ferry PATH] [--torch-procs P]" >&2; exit 2 ;;
   esac
 done
 [[ $seeds =~ ^[0-9]+(,[0-9]+)*$ ]] || { echo "$0: --seeds wants a list like 0,1,2" >&2; exit 2; }
@@ -39,6 +44,7 @@ mkdir -p "$out"
 export OMPI_MCA_mpi_yield_when_idle=1 OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1
 pflag=()
 [ "$per_seed" = 1 ] && pflag=(--pretrain-per-seed)
+[ "$shared" = 1 ] && pflag+=(--pretrained-from "$out/ferry" --ferry "$ferry")
 echo "transfer_compare: ferry on $np ranks -> $out/ferry" >&2
 t0=$SECONDS
 mpirun --allow-run-as-root --oversubscribe -np "$np" "$ferry" train examples/transfer-fmnist.yaml \
@@ -47,7 +53,8 @@ mpirun --allow-run-as-root --oversubscribe -np "$np" "$ferry" train examples/tra
   > "$out/ferry.log" 2>&1 || { tail -n 20 "$out/ferry.log" >&2; exit 1; }
 t1=$SECONDS
 echo "transfer_compare: PyTorch (1 thread x $procs) on ferry's K-shot draws -> $out/torch*.json" >&2
-[ "$procs" -gt 1 ] && [ "$per_seed" != 1 ] && { echo "$0: --torch-procs > 1 needs --per-seed" >&2; exit 2; }
+[ "$procs" -gt 1 ] && [ "$per_seed" != 1 ] && [ "$shared" != 1 ] &&
+  { echo "$0: --torch-procs > 1 needs --per-seed or --ferry-pretrained" >&2; exit 2; }
 IFS=, read -ra all <<< "$seeds"
 pids=() jsons=()
 for ((p = 0; p < procs; p++)); do
