@@ -13,6 +13,7 @@
 # pre-train once with seed 0, as the example file does.
 # Usage: bash bench/transfer_compare.sh [--seeds 0,1,2] [--per-seed] [--np 2]
 #                                       [--out DIR] [--ferry PATH] [--torch-procs P]
+#                                       [--ks 10,50,200] [--strategies scratch,feature-extract,finetune]
 # --ferry-pretrained: PyTorch does not pre-train but starts from ferry's
 # pre-trained model(s) (read with `ferry ckpt export`), so only the transfer
 # stage is compared; its pre-training accuracy line is then PyTorch's
@@ -24,7 +25,8 @@
 # 4-6 min per seed. The JSON goes to stdout and DIR/compare.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-seeds=0,1,2 per_seed=0 np=2 out= ferry=build/ferry procs=1 shared=0
+seeds=0,1,2 per_seed=0 np=2 out= ferry=build/ferry procs=1 shared=0 ks=10,50,200
+strategies=scratch,feature-extract,finetune
 while [ $# -gt 0 ]; do
   case $1 in
     --seeds) seeds=$2; shift 2 ;;
@@ -34,10 +36,14 @@ while [ $# -gt 0 ]; do
     --ferry) ferry=$2; shift 2 ;;
     --torch-procs) procs=$2; shift 2 ;;
     --ferry-pretrained) shared=1; shift ;;
-    *) echo "usage: $0 [--seeds 0,1,2] [--per-seed] [--ferry-pretrained] [--np 2] [--out DIR] [--ferry PATH] [--torch-procs P]" >&2; exit 2 ;;
+    --ks) ks=$2; shift 2 ;;
+    --strategies) strategies=$2; shift 2 ;;
+    *) echo "usage: $0 [--seeds 0,1,2] [--per-seed] [--ferry-pretrained] [--np 2] [--out DIR] [--ferry PATH] [--torch-procs P] [--ks 10,50,200] [--strategies LIST]" >&2; exit 2 ;;
   esac
 done
 [[ $seeds =~ ^[0-9]+(,[0-9]+)*$ ]] || { echo "$0: --seeds wants a list like 0,1,2" >&2; exit 2; }
+[[ $ks =~ ^[0-9]+(,[0-9]+)*$ ]] || { echo "$0: --ks wants a list like 10,50,200" >&2; exit 2; }
+[[ $strategies =~ ^[a-z-]+(,[a-z-]+)*$ ]] || { echo "$0: --strategies wants a list like scratch,finetune" >&2; exit 2; }
 [ -x "$ferry" ] || { echo "$0: $ferry is not built (cmake --build build)" >&2; exit 2; }
 out=${out:-$(mktemp -d /tmp/ferry-compare.XXXXXX)}
 mkdir -p "$out"
@@ -49,6 +55,7 @@ echo "transfer_compare: ferry on $np ranks -> $out/ferry" >&2
 t0=$SECONDS
 mpirun --allow-run-as-root --oversubscribe -np "$np" "$ferry" train examples/transfer-fmnist.yaml \
   --out "$out/ferry" --progress plain --set "transfer.seeds=[$seeds]" \
+  --set "transfer.k=[$ks]" --set "transfer.strategies=[$strategies]" \
   --set "transfer.pretrain_per_seed=$([ "$per_seed" = 1 ] && echo true || echo false)" \
   > "$out/ferry.log" 2>&1 || { tail -n 20 "$out/ferry.log" >&2; exit 1; }
 t1=$SECONDS
@@ -62,7 +69,8 @@ for ((p = 0; p < procs; p++)); do
   for ((i = p; i < ${#all[@]}; i += procs)); do part+=("${all[i]}"); done
   [ ${#part[@]} -eq 0 ] && continue
   list=$(IFS=,; echo "${part[*]}")
-  /usr/bin/python3 bench/torch_transfer.py --threads 1 --seeds "$list" "${pflag[@]}" \
+  /usr/bin/python3 bench/torch_transfer.py --threads 1 --seeds "$list" --ks "$ks" \
+    --strategies "$strategies" "${pflag[@]}" \
     --subsets-from "$out/ferry" --json-out "$out/torch$p.json" > "$out/torch$p.log" 2>&1 &
   pids+=($!) jsons+=("$out/torch$p.json")
 done
