@@ -280,8 +280,6 @@ typedef struct {
   const exp_experiment *je; /* the running job */
   FILE *results;       /* RUN_DIR/results.jsonl */
   const char *root;    /* RUN_DIR (the report is rewritten as results arrive) */
-  const transfer_pretrained *pre; /* the jobs' pre-trained checkpoints */
-  const exp_transfer *x;
   double t0;
   int done, failed;
 } pipeline;
@@ -327,15 +325,6 @@ static void on_retry(void *ctx, const transfer_result *r, const transfer_progres
   printf("%s %s failed (attempt %d, lr %g, group %d): %s; retrying at a lower learning rate\n",
          pre, r->id, r->attempt + 1, (double)r->lr, r->group, r->reason);
   fflush(stdout);
-}
-
-/* The pre-trained checkpoint a job started from (NULL for scratch). */
-static const char *pretrained_of(const pipeline *pl, const transfer_result *r) {
-  if (r->strategy == EXP_STRAT_SCRATCH || !pl->pre) return NULL;
-  if (pl->pre->n == 1) return pl->pre->path[0];
-  for (int i = 0; i < pl->x->nseeds && i < pl->pre->n; i++)
-    if (pl->x->seeds[i] == r->seed) return pl->pre->path[i];
-  return NULL;
 }
 
 /* Coordinator: a job's final result goes to the console and results.jsonl,
@@ -384,10 +373,9 @@ static void on_result(void *ctx, const transfer_result *r, const transfer_progre
       fputs(", \"checkpoint\": ", f);
       json_str(f, r->checkpoint);
     }
-    const char *from = pretrained_of(pl, r);
-    if (from) {
+    if (r->pretrained[0]) {
       fputs(", \"pretrained\": ", f);
-      json_str(f, from);
+      json_str(f, r->pretrained);
     }
     fprintf(f, ", \"steps\": %lld, \"param_hash\": \"%016llx\", \"curve\": \"jobs/%s/metrics.jsonl\"",
             (long long)r->sum.steps, (unsigned long long)r->sum.param_hash, r->id);
@@ -454,7 +442,7 @@ static int run_transfer(exp_experiment *e, const char *root, const transfer_pret
     int lrs = e->transfer.nlrs > 0 ? e->transfer.nlrs : 1;
     printf("transfer: %d jobs (%d targets x %d strategies x %d K x %d seeds x %d lr) from %s%s\n",
            n, e->transfer.ntargets, e->transfer.nstrategies, e->transfer.nk, e->transfer.nseeds,
-           lrs, pre->path[0], pre->n > 1 ? " (seed 0's; one pre-trained model per seed)" : "");
+           lrs, pre->path[0], pre->n > 1 ? " (the first seed's; one pre-trained model per seed)" : "");
     printf("transfer: %d worker group%s of %d rank%s; rank 0 coordinates and trains in group 0\n",
            (world->size + g - 1) / g, (world->size + g - 1) / g == 1 ? "" : "s", g, g == 1 ? "" : "s");
     if (skipped) printf("transfer: %d jobs already finished in %s/results.jsonl: skipped\n", skipped, root);
@@ -472,8 +460,6 @@ static int run_transfer(exp_experiment *e, const char *root, const transfer_pret
   pl.root = world->rank == 0 ? root : NULL;
   transfer_hooks th = {.on_job_start = on_job_start, .on_job_end = on_job_end,
                        .on_result = on_result, .on_retry = on_retry, .job_hooks = &jh, .ctx = &pl};
-  pl.pre = pre;
-  pl.x = &e->transfer;
   rc = transfer_run(e, root, pre, skip, world, &th);
   free(skip);
   if (pl.results) fclose(pl.results);

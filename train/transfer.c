@@ -113,6 +113,7 @@ int transfer_job(const exp_experiment *base, const char *run_dir, const transfer
              x->nseeds);
     snprintf(je->job.init_ckpt, sizeof je->job.init_ckpt, "%s", pre->path[pre->n == 1 ? 0 : seed_i]);
   }
+  snprintf(r->pretrained, sizeof r->pretrained, "%s", je->job.init_ckpt);
   je->ckpt_every_steps = 0;
   je->ckpt_every_epoch = 0;
   je->ckpt_keep = 1;
@@ -133,6 +134,7 @@ static double now_s(void) {
 typedef struct {
   const exp_experiment *base;
   const char *run_dir;
+  const transfer_pretrained *pre;
   const transfer_hooks *h;
   exp_experiment *je;      /* scratch for rebuilding a job */
   int *queue, qhead, nqueue; /* job indices queue[qhead .. qhead+nqueue), next first */
@@ -158,12 +160,14 @@ static int by_cost(const void *a, const void *b) {
 }
 
 static int coord_init(coord *q, const exp_experiment *base, const char *run_dir,
-                      const unsigned char *skip, const transfer_hooks *h, int ngroups) {
+                      const transfer_pretrained *pre, const unsigned char *skip,
+                      const transfer_hooks *h, int ngroups) {
   memset(q, 0, sizeof *q);
   const exp_transfer *x = &base->transfer;
   int n = transfer_njobs(x);
   q->base = base;
   q->run_dir = run_dir;
+  q->pre = pre;
   q->h = h;
   q->ngroups = ngroups;
   q->je = malloc(sizeof *q->je);
@@ -242,7 +246,7 @@ static int coord_result(void *ctx, int group, const void *res, size_t len) {
     ferry__job_result__free_unpacked(m, NULL);
     FERRY_FAIL(FERRY_ERUNTIME, "group %d sent a result for job %d, which does not exist", group, i);
   }
-  rc = transfer_job(q->base, q->run_dir, NULL, i, q->je, &r);
+  rc = transfer_job(q->base, q->run_dir, q->pre, i, q->je, &r);
   if (rc) {
     ferry__job_result__free_unpacked(m, NULL);
     return rc;
@@ -380,7 +384,7 @@ int transfer_run(const exp_experiment *base, const char *run_dir, const transfer
   coord q;
   int rc = 0, first = -1;
   memset(&q, 0, sizeof q);
-  if (world->rank == 0) rc = coord_init(&q, base, run_dir, skip, h, ngroups);
+  if (world->rank == 0) rc = coord_init(&q, base, run_dir, pre, skip, h, ngroups);
   if (dist_agree(world, rc, &first)) {
     coord_free(&q);
     return rc ? rc : FERRY_ERUNTIME;

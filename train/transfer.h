@@ -22,6 +22,7 @@ typedef struct {
   char reason[512];          /* why it failed */
   char dir[EXP_PATH_MAX];    /* its run directory */
   char checkpoint[EXP_PATH_MAX + 64]; /* its final checkpoint ("" if it failed) */
+  char pretrained[EXP_PATH_MAX]; /* the pre-trained checkpoint it starts from ("" for scratch) */
   double job_s;              /* the whole job on its group (data, set-up, training, test) */
   train_summary sum;         /* on the coordinator: the fields a JobResult carries */
 } transfer_result;
@@ -60,8 +61,9 @@ int transfer_njobs(const exp_transfer *x);
  * digits, '.', '_', '-', not starting with '.' (so no "..", no '/'). */
 int transfer_safe_name(const char *name);
 /* Builds job i's experiment from the base experiment (data = the target with
- * K and seed, the trunk of its pre-trained checkpoint (pre may be NULL to
- * name the job only) + new head, the transfer section's
+ * K and seed, the trunk of its seed's pre-trained checkpoint, also named in
+ * r->pretrained (pre may be NULL to name the job only) + new head, the
+ * transfer section's
  * training settings, out_dir = run_dir/jobs/<id>). Not collective. */
 int transfer_job(const exp_experiment *base, const char *run_dir, const transfer_pretrained *pre,
                  int i, exp_experiment *je, transfer_result *r);
