@@ -398,32 +398,33 @@ static void compare_rows(report *r) {
   }
 }
 
+static int cmp_str_ptr(const void *a, const void *b) {
+  return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
 /* How many pre-trained models the finished transfer jobs started from: with
  * one, the spread over seeds leaves out the pre-training's own variance,
  * and the reader should know that before trusting a small gain or loss. */
 static int note_pretrained(report *r) {
+  const char **from = malloc((size_t)(r->njobs + 1) * sizeof *from);
+  CHECK_ALLOC(from, (size_t)(r->njobs + 1) * sizeof *from);
   int jobs = 0, distinct = 0;
-  const char *one = NULL;
-  for (int i = 0; i < r->njobs; i++) {
-    const report_job *j = &r->jobs[i];
-    if (!j->ok || !j->pretrained) continue;
-    jobs++;
-    one = j->pretrained;
-    int seen = 0;
-    for (int x = 0; x < i && !seen; x++)
-      seen = r->jobs[x].ok && r->jobs[x].pretrained && !strcmp(r->jobs[x].pretrained, j->pretrained);
-    distinct += !seen;
-  }
+  for (int i = 0; i < r->njobs; i++)
+    if (r->jobs[i].ok && r->jobs[i].pretrained) from[jobs++] = r->jobs[i].pretrained;
+  qsort(from, (size_t)jobs, sizeof *from, cmp_str_ptr);
+  for (int i = 0; i < jobs; i++) distinct += !i || strcmp(from[i], from[i - 1]);
+  int rc = 0;
   if (distinct == 1)
-    return report_add_note(r, "the %d transfer job(s) all started from one pre-trained model (%s): "
-                           "the spread over seeds leaves out the pre-training's own variance "
-                           "(transfer.pretrain_per_seed pre-trains once per seed)",
-                           jobs, one);
-  if (distinct > 1)
-    return report_add_note(r, "the %d transfer job(s) started from %d pre-trained models (one per "
-                           "seed): the spread over seeds includes the pre-training's own variance",
-                           jobs, distinct);
-  return 0;
+    rc = report_add_note(r, "the %d transfer job(s) all started from one pre-trained model (%s): "
+                         "the spread over seeds leaves out the pre-training's own variance "
+                         "(transfer.pretrain_per_seed pre-trains once per seed)",
+                         jobs, from[0]);
+  else if (distinct > 1)
+    rc = report_add_note(r, "the %d transfer job(s) started from %d pre-trained models (one per "
+                         "seed): the spread over seeds includes the pre-training's own variance",
+                         jobs, distinct);
+  free(from);
+  return rc;
 }
 
 static int aggregate(report *r) {
