@@ -242,12 +242,17 @@ def batch_stream(n, batch, steps, seed):
                 return
 
 
-def sgd_steps(model, params, x, y, batch, steps, seed, lr, momentum):
-    """Train `params` of `model` on (x, y) for `steps` steps; returns seconds."""
+def sgd_steps(model, params, x, y, batch, steps, seed, lr, momentum, warmup=0):
+    """Train `params` of `model` on (x, y) for `steps` steps; returns seconds.
+    warmup > 0: linear warm-up, step t (0-based) uses lr * (t + 1) / warmup for
+    t < warmup, as ferry's train.schedule.warmup_steps does."""
     opt = torch.optim.SGD(params, lr=lr, momentum=momentum)
     model.train()
     t0 = time.perf_counter()
-    for idx in batch_stream(x.shape[0], batch, steps, seed):
+    for t, idx in enumerate(batch_stream(x.shape[0], batch, steps, seed)):
+        if warmup > 0:
+            for g in opt.param_groups:
+                g["lr"] = lr * min(1.0, (t + 1) / warmup)
         opt.zero_grad(set_to_none=True)
         loss = F.cross_entropy(model(x[idx]), y[idx])
         loss.backward()
@@ -282,12 +287,13 @@ def pretrain(args, xtr, ytr, xte, yte, seed):
     per_epoch = xtr.shape[0] // args.pretrain_batch
     steps = per_epoch * args.pretrain_epochs
     train_s = sgd_steps(model, model.parameters(), xtr, ytr, args.pretrain_batch, steps,
-                        seed, args.pretrain_lr, args.momentum)
+                        seed, args.pretrain_lr, args.momentum, args.pretrain_warmup)
     acc = evaluate(model, xte, yte)
     return trunk, {
         "kind": "pretrain", "test_acc": acc, "wall_s": time.perf_counter() - t0,
         "train_s": train_s, "epochs": args.pretrain_epochs, "steps": steps,
         "batch": args.pretrain_batch, "lr": args.pretrain_lr, "seed": seed,
+        "warmup_steps": args.pretrain_warmup,
         "train_size": int(xtr.shape[0]), "test_size": int(xte.shape[0]),
     }
 
@@ -398,6 +404,9 @@ def parse_args(argv=None):
     p.add_argument("--pretrain-epochs", type=int, default=3)
     p.add_argument("--pretrain-lr", type=float, default=0.05)
     p.add_argument("--pretrain-batch", type=int, default=128)
+    p.add_argument("--pretrain-warmup", type=int, default=0, metavar="STEPS",
+                   help="linear lr warm-up over the first STEPS pre-training steps "
+                        "(ferry: train.schedule.warmup_steps); default 0 = none")
     p.add_argument("--pretrain-seed", type=int, default=0)
     p.add_argument("--pretrain-per-seed", action="store_true",
                    help="pre-train once per seed s (with --pretrain-seed + s); seed s's jobs "
@@ -506,6 +515,7 @@ def main(argv=None):
             "strategies": args.strategies, "batch": args.batch, "lr": args.lr,
             "momentum": args.momentum, "pretrain_epochs": args.pretrain_epochs,
             "pretrain_lr": args.pretrain_lr, "pretrain_batch": args.pretrain_batch,
+            "pretrain_warmup": args.pretrain_warmup,
             "pretrain_seed": args.pretrain_seed, "pretrain_per_seed": args.pretrain_per_seed,
             "source_classes": list(SOURCE_CLASSES),
             "target_classes": list(TARGET_CLASSES), "mean": MEAN, "std": STD,
