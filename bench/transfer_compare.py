@@ -95,7 +95,10 @@ def main():
     for name, acc in (("ferry", fa), ("torch", ta)):
         if ("finetune", k0, seeds[0]) in acc and ("scratch", k0, seeds[0]) in acc:
             per = [100.0 * (acc[("finetune", k0, x)] - acc[("scratch", k0, x)]) for x in seeds]
-            margin[name] = {"K": k0, "mean": st.mean(per), "per_seed": per,
+            # Finetune and scratch of one seed share its K-shot draw: the
+            # paired differences' standard error is the mean's uncertainty.
+            se = st.stdev(per) / len(per) ** 0.5 if len(per) > 1 else 0.0
+            margin[name] = {"K": k0, "mean": st.mean(per), "se": se, "per_seed": per,
                             "meets": st.mean(per) >= a.margin}
     out = {
         "bench": "transfer_compare", "seeds": seeds, "ks": ks,
@@ -117,7 +120,7 @@ def main():
               f"{t['mean']:7.2f} ± {t['std']:4.2f} {r['diff']:+6.2f}"
               f"{'' if r['within_tol'] else '  > tol'}", file=err)
     for name, m in margin.items():
-        print(f"{name}: finetune - scratch at K={m['K']}: {m['mean']:+.2f} "
+        print(f"{name}: finetune - scratch at K={m['K']}: {m['mean']:+.2f} ± {m['se']:.2f} SE "
               f"({', '.join(f'{x:+.1f}' for x in m['per_seed'])})", file=err)
     print("pre-training test acc: ferry " + " ".join(f"{p['test_acc']:.4f}" for p in fpre)
           + "; PyTorch " + " ".join(f"{p['test_acc']:.4f}" for p in tpre), file=err)
