@@ -21,6 +21,7 @@
 #include <zlib.h>
 
 #include "check.h"
+#include "layer_fixture.h"
 #include "ferry.pb-c.h"
 #include "nn/err.h"
 #include "nn/rng.h"
@@ -33,14 +34,6 @@
 #endif
 
 static char tmpdir[128];
-
-static nn_layer_spec ls(nn_op op, int out) {
-  nn_layer_spec s;
-  memset(&s, 0, sizeof s);
-  s.op = op;
-  s.out = out;
-  return s;
-}
 
 /* Every parametrised op: conv, groupnorm, residual (with projection),
  * dense with and without bias; two heads. */

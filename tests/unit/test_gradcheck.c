@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "check.h"
+#include "layer_fixture.h"
 #include "nn/err.h"
 #include "nn/layer.h"
 #include "nn/rng.h"
@@ -18,12 +19,6 @@ typedef enum {
   X_DISTINCT, /* a shuffled grid: no near-ties for maxpool */
   X_WIDE,     /* uniform in (-3, 3): the curved part of gelu/tanh/sigmoid */
 } xgen;
-
-typedef struct {
-  nn_layer L;
-  float *params, *grads, *ws;
-  size_t np;
-} fixture;
 
 static nn_rng rng;
 
@@ -46,33 +41,6 @@ static void fill_x(float *x, size_t n, xgen g) {
       x[i] = g == X_WIDE ? urand(-3.0f, 3.0f) : urand(-1.0f, 1.0f);
     }
   }
-}
-
-static int fx_make(fixture *f, const nn_layer_spec *spec, nn_shape in, int spatial, int B) {
-  memset(f, 0, sizeof *f);
-  if (nn_layer_setup(&f->L, spec, in, spatial) != 0) {
-    fprintf(stderr, "setup of '%s' failed: %s\n", spec->name, ferry_err_msg());
-    ferry_err_clear();
-    return -1;
-  }
-  f->np = nn_layer_nparams(&f->L);
-  f->params = calloc(f->np + 1, sizeof(float));
-  f->grads = calloc(f->np + 1, sizeof(float));
-  CHECK(nn_layer_bind_params(&f->L, f->params, f->grads, 0) == f->np);
-  nn_layer_init(&f->L, 1234, 1);
-  /* make biases, gamma and beta non-trivial too */
-  for (size_t i = 0; i < f->np; i++) f->params[i] += urand(-0.3f, 0.3f);
-  size_t nws = nn_layer_ws_floats(&f->L, B);
-  f->ws = malloc((nws + 1) * sizeof(float));
-  CHECK(nn_layer_bind_ws(&f->L, f->ws, B) == nws);
-  return 0;
-}
-
-static void fx_free(fixture *f) {
-  nn_layer_free(&f->L);
-  free(f->params);
-  free(f->grads);
-  free(f->ws);
 }
 
 static double objective(fixture *f, const float *x, const float *r, const nn_pass *p) {
@@ -197,8 +165,9 @@ static void check_params(fixture *f, const nn_layer *l, const float *x, const fl
 
 static void gradcheck(const char *label, nn_layer_spec spec, nn_shape in, int spatial, gc_opts o) {
   fixture f;
-  if (fx_make(&f, &spec, in, spatial, o.B) != 0) {
-    CHECK_MSG(0, "%s: setup failed", label);
+  if (fx_make(&f, &spec, in, spatial, o.B, 1234, &rng, 0.3f) != 0) {
+    CHECK_MSG(0, "%s: setup of '%s' failed: %s", label, spec.name, ferry_err_msg());
+    ferry_err_clear();
     return;
   }
   const int64_t ids[4] = {1000, 7, 123456789, 42};
@@ -275,7 +244,6 @@ static nn_layer_spec mk_pool(nn_op op, const char *name, int k, int stride) {
   return s;
 }
 
-static nn_shape sh(int c, int h, int w) { return (nn_shape){c, h, w}; }
 
 int main(void) {
   nn_rng_seed(&rng, 20240611);

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "check.h"
+#include "layer_fixture.h"
 #include "nn/err.h"
 #include "nn/layer.h"
 #include "nn/rng.h"
@@ -19,36 +20,7 @@ static void fill(float *v, size_t n) {
   for (size_t i = 0; i < n; i++) v[i] = urand(-1.0f, 1.0f);
 }
 
-typedef struct {
-  nn_layer L;
-  float *params, *grads, *ws;
-  size_t np;
-} fixture;
 
-/* Sets up, binds parameters (initialised, then jittered) and a workspace for
- * max_batch rows. Returns 0, or the setup status (error left recorded). */
-static int fx_make(fixture *f, const nn_layer_spec *spec, nn_shape in, int spatial, int max_batch) {
-  memset(f, 0, sizeof *f);
-  int rc = nn_layer_setup(&f->L, spec, in, spatial);
-  if (rc) return rc;
-  f->np = nn_layer_nparams(&f->L);
-  f->params = calloc(f->np + 1, sizeof(float));
-  f->grads = calloc(f->np + 1, sizeof(float));
-  CHECK(nn_layer_bind_params(&f->L, f->params, f->grads, 0) == f->np);
-  nn_layer_init(&f->L, 77, 1);
-  for (size_t i = 0; i < f->np; i++) f->params[i] += urand(-0.2f, 0.2f);
-  size_t nws = nn_layer_ws_floats(&f->L, max_batch);
-  f->ws = malloc((nws + 1) * sizeof(float));
-  CHECK(nn_layer_bind_ws(&f->L, f->ws, max_batch) == nws);
-  return 0;
-}
-
-static void fx_free(fixture *f) {
-  nn_layer_free(&f->L);
-  free(f->params);
-  free(f->grads);
-  free(f->ws);
-}
 
 static nn_layer_spec mk(nn_op op, const char *name) {
   nn_layer_spec s = {.op = op};
@@ -56,7 +28,6 @@ static nn_layer_spec mk(nn_op op, const char *name) {
   return s;
 }
 
-static nn_shape sh(int c, int h, int w) { return (nn_shape){c, h, w}; }
 
 static int same_shape(nn_shape a, nn_shape b) { return a.c == b.c && a.h == b.h && a.w == b.w; }
 
@@ -217,7 +188,7 @@ static void test_errors(void) {
 static void test_accumulate_frozen(const char *label, const nn_layer_spec *s, nn_shape in,
                                    int spatial) {
   fixture f;
-  CHECK(fx_make(&f, s, in, spatial, 4) == 0);
+  CHECK(fx_make(&f, s, in, spatial, 4, 77, &rng, 0.2f) == 0);
   const int B = 3;
   nn_pass p = {.B = B};
   size_t nin = B * nn_shape_numel(f.L.in), nout = B * nn_shape_numel(f.L.out);
@@ -280,7 +251,7 @@ static void test_dropout(void) {
   for (int spatial = 0; spatial < 2; spatial++) {
     nn_shape in = spatial ? sh(3, 2, 4) : sh(24, 1, 1);
     fixture f;
-    CHECK(fx_make(&f, &s, in, spatial, B) == 0);
+    CHECK(fx_make(&f, &s, in, spatial, B, 77, &rng, 0.2f) == 0);
     const size_t per = 24, n = B * per;
     /* element (c, b, j) of sample b, in the layout */
     const size_t hw = spatial ? 8 : 1;
@@ -398,7 +369,7 @@ static double max_rel_d(const float *a, const double *b, size_t n) {
 
 static void conv_vs_ref(const char *label, nn_layer_spec s, nn_shape in, int max_batch, int B) {
   fixture f;
-  CHECK(fx_make(&f, &s, in, 1, max_batch) == 0);
+  CHECK(fx_make(&f, &s, in, 1, max_batch, 77, &rng, 0.2f) == 0);
   size_t nin = (size_t)B * nn_shape_numel(f.L.in), nout = (size_t)B * nn_shape_numel(f.L.out);
   float *x = malloc(nin * 4), *dy = malloc(nout * 4), *dx = malloc(nin * 4), *y = malloc(nout * 4);
   double *rdW = malloc(f.L.w_len * 8), *rdb = malloc((size_t)f.L.out.c * 8), *rdx = malloc(nin * 8);
@@ -442,9 +413,9 @@ static void test_layouts(void) {
   /* flatten: x[c][b][s] -> y[b][c*hw + s]; gap: y[b][c] = mean of the plane */
   nn_layer_spec s = mk(NN_FLATTEN, "flat");
   fixture f, g;
-  CHECK(fx_make(&f, &s, sh(3, 2, 2), 1, B) == 0);
+  CHECK(fx_make(&f, &s, sh(3, 2, 2), 1, B, 77, &rng, 0.2f) == 0);
   s = mk(NN_GAP, "gap");
-  CHECK(fx_make(&g, &s, sh(3, 2, 2), 1, B) == 0);
+  CHECK(fx_make(&g, &s, sh(3, 2, 2), 1, B, 77, &rng, 0.2f) == 0);
   float x[24];
   for (int i = 0; i < 24; i++) x[i] = (float)i; /* x[c][b][s] = 8c + 4b + s */
   nn_pass p = {.B = B};
@@ -463,7 +434,7 @@ static void test_layouts(void) {
   /* maxpool 2x2 on [1][B][4][4]: picks window maxima per sample */
   s = mk(NN_MAXPOOL2D, "mp");
   s.k = 2;
-  CHECK(fx_make(&f, &s, sh(1, 4, 4), 1, B) == 0);
+  CHECK(fx_make(&f, &s, sh(1, 4, 4), 1, B, 77, &rng, 0.2f) == 0);
   float xm[32];
   for (int i = 0; i < 32; i++) xm[i] = (float)((i * 7) % 32);
   nn_layer_forward(&f.L, xm, &p);
@@ -483,7 +454,7 @@ static void test_layouts(void) {
   s = mk(NN_GROUPNORM, "gn");
   s.groups = 2;
   const int B4 = 4;
-  CHECK(fx_make(&f, &s, sh(4, 3, 3), 1, B4) == 0);
+  CHECK(fx_make(&f, &s, sh(4, 3, 3), 1, B4, 77, &rng, 0.2f) == 0);
   nn_layer_init(&f.L, 1, 0);
   float xg[4 * 4 * 9];
   for (int i = 0; i < 144; i++) xg[i] = 0.05f * urand(-2.0f, 3.0f) + (float)(i % 7) * 0.01f;

@@ -7,19 +7,12 @@
 #include <string.h>
 
 #include "check.h"
+#include "layer_fixture.h"
 #include "nn/err.h"
 #include "nn/loss.h"
 #include "nn/model.h"
 #include "nn/optim.h"
 #include "nn/rng.h"
-
-static nn_layer_spec ls(nn_op op, int out) {
-  nn_layer_spec s;
-  memset(&s, 0, sizeof s);
-  s.op = op;
-  s.out = out;
-  return s;
-}
 
 /* trunk: dense 6 - tanh ; heads a: dense 3 ; b: dense 4 - tanh - dense 2 */
 static void two_head_spec(nn_model_spec *sp) {
