@@ -1,0 +1,108 @@
+#!/usr/bin/python3
+"""Scores pre-trained trunks of the transfer protocol with ONE evaluator.
+
+Trunks come either from a ferry run (the models of RUN_DIR/pretrain.s<seed>,
+read through `ferry ckpt export`) or from PyTorch pre-training here (same
+protocol as bench/torch_transfer.py, optionally with a warm-up). Every trunk is
+then scored by the same PyTorch code on the same K-shot draws of the target
+(classes 5-9): feature extraction at K = 10 over --draws draws (20), at
+K = 50 over --fe50-draws (6), finetune at K = 10 over --ft-draws (5). With
+the evaluator and the draws fixed, a difference between the two sources is a
+difference between the pre-trained models, not between the transfer
+implementations or the draws.
+
+Prints one JSON line per trunk, then a summary line (mean, SE, SD per metric).
+
+usage: score_trunks.py --ferry-run RUN_DIR --seeds 0,1,2 [--ferry build/ferry]
+       score_trunks.py --torch [--warmup 100] --seeds 0,1,2
+"""
+import argparse
+import json
+import os
+import statistics as st
+import sys
+import types
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import numpy as np  # noqa: E402
+
+
+def int_list(text):
+    return [int(x) for x in text.split(",") if x != ""]
+
+
+def main():
+    here = os.path.dirname(os.path.abspath(__file__))
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--ferry-run", metavar="RUN_DIR",
+                     help="score ferry's per-seed models (transfer.pretrain_per_seed)")
+    src.add_argument("--torch", action="store_true", help="pre-train in PyTorch here")
+    p.add_argument("--seeds", type=int_list, required=True, help="pre-training seeds, e.g. 0,1,2")
+    p.add_argument("--warmup", type=int, default=0, help="PyTorch pre-training warm-up steps")
+    p.add_argument("--ferry", default=os.path.join(here, "..", "build", "ferry"))
+    p.add_argument("--draws", type=int, default=20, help="K-shot draws for feature extraction at K=10")
+    p.add_argument("--fe50-draws", type=int, default=6, help="draws for feature extraction at K=50")
+    p.add_argument("--ft-draws", type=int, default=5, help="draws for finetune at K=10")
+    p.add_argument("--first-draw", type=int, default=100,
+                   help="draw seeds start here (away from the protocol's 0, 1, 2)")
+    a = p.parse_args()
+
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+    import torch_transfer as tt
+    tt.torch, tt.nn, tt.F = torch, nn, F
+    torch.set_num_threads(1)
+
+    xtr, ytr = tt.load_split(tt.DATA_DIR, "train")
+    xte, yte = tt.load_split(tt.DATA_DIR, "t10k")
+    m_src, m_te = np.isin(ytr, tt.SOURCE_CLASSES), np.isin(yte, tt.SOURCE_CLASSES)
+    m_tgt = np.isin(yte, tt.TARGET_CLASSES)
+    xs, ys = tt.normalise(xtr[m_src]), torch.from_numpy(ytr[m_src])
+    xs_te, ys_te = tt.normalise(xte[m_te]), torch.from_numpy(yte[m_te])
+    xt_te, yt_te = tt.normalise(xte[m_tgt]), torch.from_numpy(yte[m_tgt] - tt.TARGET_CLASSES[0])
+    args = types.SimpleNamespace(pretrain_batch=128, pretrain_epochs=3, pretrain_lr=0.05,
+                                 momentum=0.9, pretrain_warmup=a.warmup, batch=32, steps=1000,
+                                 lr=0.01)
+
+    def draw(seed, k):
+        idx = tt.target_subset(ytr, seed, k)
+        return tt.normalise(xtr[idx]), torch.from_numpy(ytr[idx] - tt.TARGET_CLASSES[0])
+
+    plan = (("feature-extract", 10, a.draws), ("feature-extract", 50, a.fe50_draws),
+            ("finetune", 10, a.ft_draws))
+    rows = []
+    for s in a.seeds:
+        if a.torch:
+            trunk, info = tt.pretrain(args, xs, ys, xs_te, ys_te, s)
+            src_acc = info["test_acc"]
+        else:
+            model, _ = tt.ferry_pretrained(a.ferry_run, s, True, a.ferry)
+            trunk, src_acc = model[0], tt.evaluate(model, xs_te, ys_te)
+        with torch.no_grad():
+            f = trunk(xs[:2000])
+        row = {"source": "pytorch" if a.torch else "ferry", "seed": s,
+               "source_acc": 100 * src_acc, "dead_features": int((f.max(0).values == 0).sum())}
+        for strategy, k, n in plan:
+            accs = [tt.run_job(strategy, k, d, args, trunk, *draw(d, k), xt_te, yt_te)["test_acc"]
+                    for d in range(a.first_draw, a.first_draw + n)]
+            row[f"{strategy}_k{k}"] = 100 * float(np.mean(accs))
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    summary = {"summary": True, "source": rows[0]["source"], "n": len(rows),
+               "warmup": a.warmup if a.torch else None}
+    for key in rows[0]:
+        if key in ("source", "seed"):
+            continue
+        v = [r[key] for r in rows]
+        sd = st.stdev(v) if len(v) > 1 else 0.0
+        summary[key] = {"mean": st.mean(v), "se": sd / len(v) ** 0.5, "sd": sd}
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
