@@ -6,10 +6,10 @@ read through `ferry ckpt export`) or from PyTorch pre-training here (same
 protocol as bench/torch_transfer.py, optionally with a warm-up). Every trunk is
 then scored by the same PyTorch code on the same K-shot draws of the target
 (classes 5-9): feature extraction at K = 10 over --draws draws (20), at
-K = 50 over --fe50-draws (6), finetune at K = 10 over --ft-draws (5). With
-the evaluator and the draws fixed, a difference between the two sources is a
-difference between the pre-trained models, not between the transfer
-implementations or the draws.
+K = 50 over --fe50-draws (6), finetune at K = 10 over --ft-draws (5); a
+count of 0 skips that score. With the evaluator and the draws fixed, a
+difference between the two sources is a difference between the pre-trained
+models, not between the transfer implementations or the draws.
 
 Prints one JSON line per trunk, then a summary line (mean, SE, SD per metric).
 
@@ -88,6 +88,8 @@ def main():
         row = {"source": "pytorch" if a.torch else "ferry", "seed": s,
                "source_acc": 100 * src_acc, "dead_features": int((f.max(0).values == 0).sum())}
         for strategy, k, n in plan:
+            if n <= 0:
+                continue
             accs = [tt.run_job(strategy, k, d, args, trunk, *draw(d, k), xt_te, yt_te)["test_acc"]
                     for d in range(a.first_draw, a.first_draw + n)]
             row[f"{strategy}_k{k}"] = 100 * float(np.mean(accs))
