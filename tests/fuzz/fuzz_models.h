@@ -6,27 +6,20 @@
 
 #include <string.h>
 
+#include "../unit/spec.h"
 #include "nn/model.h"
-
-static inline nn_layer_spec fuzz_layer(nn_op op, int out) {
-  nn_layer_spec s;
-  memset(&s, 0, sizeof s);
-  s.op = op;
-  s.out = out;
-  return s;
-}
 
 /* flat 7 -> dense 6 - tanh - dense 5 | head "main": dense 3 */
 static inline void fuzz_spec_small(nn_model_spec *sp) {
   memset(sp, 0, sizeof *sp);
   sp->in = (nn_shape){7, 1, 1};
-  sp->trunk.layers[sp->trunk.nlayers++] = fuzz_layer(NN_DENSE, 6);
-  sp->trunk.layers[sp->trunk.nlayers++] = fuzz_layer(NN_TANH, 0);
-  sp->trunk.layers[sp->trunk.nlayers++] = fuzz_layer(NN_DENSE, 5);
+  sp->trunk.layers[sp->trunk.nlayers++] = ls(NN_DENSE, 6);
+  sp->trunk.layers[sp->trunk.nlayers++] = ls(NN_TANH, 0);
+  sp->trunk.layers[sp->trunk.nlayers++] = ls(NN_DENSE, 5);
   sp->nheads = 1;
   strcpy(sp->heads[0].name, "main");
   sp->heads[0].nlayers = 1;
-  sp->heads[0].layers[0] = fuzz_layer(NN_DENSE, 3);
+  sp->heads[0].layers[0] = ls(NN_DENSE, 3);
 }
 
 /* 3x8x8 -> conv 4 k3 p1 - GN 2 - relu - residual 6 s2 - gap - dense 5
@@ -36,26 +29,26 @@ static inline void fuzz_spec_rich(nn_model_spec *sp) {
   sp->in = (nn_shape){3, 8, 8};
   sp->in_spatial = 1;
   nn_stack_spec *t = &sp->trunk;
-  t->layers[t->nlayers] = fuzz_layer(NN_CONV2D, 4);
+  t->layers[t->nlayers] = ls(NN_CONV2D, 4);
   t->layers[t->nlayers].k = 3;
   t->layers[t->nlayers++].pad = 1;
-  t->layers[t->nlayers] = fuzz_layer(NN_GROUPNORM, 0);
+  t->layers[t->nlayers] = ls(NN_GROUPNORM, 0);
   t->layers[t->nlayers++].groups = 2;
-  t->layers[t->nlayers++] = fuzz_layer(NN_RELU, 0);
-  t->layers[t->nlayers] = fuzz_layer(NN_RESIDUAL, 6);
+  t->layers[t->nlayers++] = ls(NN_RELU, 0);
+  t->layers[t->nlayers] = ls(NN_RESIDUAL, 6);
   t->layers[t->nlayers++].stride = 2;
-  t->layers[t->nlayers++] = fuzz_layer(NN_GAP, 0);
-  t->layers[t->nlayers++] = fuzz_layer(NN_DENSE, 5);
+  t->layers[t->nlayers++] = ls(NN_GAP, 0);
+  t->layers[t->nlayers++] = ls(NN_DENSE, 5);
   sp->nheads = 2;
   strcpy(sp->heads[0].name, "a");
   sp->heads[0].nlayers = 1;
-  sp->heads[0].layers[0] = fuzz_layer(NN_DENSE, 3);
+  sp->heads[0].layers[0] = ls(NN_DENSE, 3);
   strcpy(sp->heads[1].name, "b");
   sp->heads[1].nlayers = 3;
-  sp->heads[1].layers[0] = fuzz_layer(NN_DENSE, 4);
+  sp->heads[1].layers[0] = ls(NN_DENSE, 4);
   sp->heads[1].layers[0].no_bias = 1;
-  sp->heads[1].layers[1] = fuzz_layer(NN_TANH, 0);
-  sp->heads[1].layers[2] = fuzz_layer(NN_DENSE, 2);
+  sp->heads[1].layers[1] = ls(NN_TANH, 0);
+  sp->heads[1].layers[2] = ls(NN_DENSE, 2);
 }
 
 #endif

@@ -1,15 +1,15 @@
 /* One layer set up on its own for a test: parameters initialised, then
  * jittered so biases and norm gains are not trivial, plus a workspace for a
- * batch bound; and two spec helpers. Shared by the unit tests. */
+ * batch bound. Shared by the unit tests (with the spec helpers of spec.h). */
 #ifndef FERRY_TEST_LAYER_FIXTURE_H
 #define FERRY_TEST_LAYER_FIXTURE_H
 
 #include <stddef.h>
 #include <stdint.h>
-#include <string.h>
 
 #include "nn/layer.h"
 #include "nn/rng.h"
+#include "spec.h"
 
 typedef struct {
   nn_layer L;
@@ -24,16 +24,5 @@ typedef struct {
 int fx_make(fixture *f, const nn_layer_spec *spec, nn_shape in, int spatial, int max_batch,
             uint64_t init_seed, nn_rng *rng, float jitter);
 void fx_free(fixture *f);
-
-/* A layer spec of op with out outputs, every other field zero. */
-static inline nn_layer_spec ls(nn_op op, int out) {
-  nn_layer_spec s;
-  memset(&s, 0, sizeof s);
-  s.op = op;
-  s.out = out;
-  return s;
-}
-
-static inline nn_shape sh(int c, int h, int w) { return (nn_shape){c, h, w}; }
 
 #endif
