@@ -1,6 +1,7 @@
 /* `ferry ckpt inspect FILE [--json]`, `ferry ckpt verify FILE` and `ferry
- * ckpt export FILE DIR`: read a checkpoint without training (no MPI start-up). Both verify every record
- * first; a file that fails exits 1 with the reason and byte offset. */
+ * ckpt export FILE DIR`: read a checkpoint without training (no MPI
+ * start-up). Each verifies every record first; a file that fails exits 1
+ * with the reason and byte offset. */
 #include <stdio.h>
 #include <string.h>
 

@@ -256,12 +256,17 @@ int ckpt_export(const ckpt_file *f, const char *dir) {
                          f->name, i, name, dir);
       break;
     }
-    snprintf(path, sizeof path, "%s/%s.f32", dir, name);
+    if (snprintf(path, sizeof path, "%s/%s.f32", dir, name) >= (int)sizeof path) {
+      rc = ferry_err_set(FERRY_EUSER, __FILE__, __LINE__, __func__,
+                         "%s/%s.f32: path longer than %zu bytes", dir, name, sizeof path - 1);
+      break;
+    }
     rc = export_tensor(f, i, path, buf);
   }
   free(buf);
   CHECK_CALL(rc);
-  snprintf(path, sizeof path, "%s/manifest.json", dir);
+  CHECK_USER(snprintf(path, sizeof path, "%s/manifest.json", dir) < (int)sizeof path,
+             "%s/manifest.json: path longer than %zu bytes", dir, sizeof path - 1);
   FILE *out = fopen(path, "w");
   CHECK_RT(out, "cannot write %s", path);
   fputs("{\"checkpoint\": ", out);
