@@ -21,10 +21,7 @@ import json
 import os
 import statistics as st
 import sys
-import types
 
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-os.environ.setdefault("OMP_NUM_THREADS", "1")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402
@@ -44,6 +41,7 @@ def main():
     p.add_argument("--seeds", type=int_list, required=True, help="pre-training seeds, e.g. 0,1,2")
     p.add_argument("--warmup", type=int, default=0, help="PyTorch pre-training warm-up steps")
     p.add_argument("--ferry", default=os.path.join(here, "..", "build", "ferry"))
+    p.add_argument("--data-dir", default=None, help="Fashion-MNIST directory (the peer's default)")
     p.add_argument("--draws", type=int, default=20, help="K-shot draws for feature extraction at K=10")
     p.add_argument("--fe50-draws", type=int, default=6, help="draws for feature extraction at K=50")
     p.add_argument("--ft-draws", type=int, default=5, help="draws for finetune at K=10")
@@ -51,47 +49,36 @@ def main():
                    help="draw seeds start here (away from the protocol's 0, 1, 2)")
     a = p.parse_args()
 
-    import torch
-    import torch.nn as nn
-    import torch.nn.functional as F
     import torch_transfer as tt
-    tt.torch, tt.nn, tt.F = torch, nn, F
-    torch.set_num_threads(1)
-
-    xtr, ytr = tt.load_split(tt.DATA_DIR, "train")
-    xte, yte = tt.load_split(tt.DATA_DIR, "t10k")
-    m_src, m_te = np.isin(ytr, tt.SOURCE_CLASSES), np.isin(yte, tt.SOURCE_CLASSES)
-    m_tgt = np.isin(yte, tt.TARGET_CLASSES)
-    xs, ys = tt.normalise(xtr[m_src]), torch.from_numpy(ytr[m_src])
-    xs_te, ys_te = tt.normalise(xte[m_te]), torch.from_numpy(yte[m_te])
-    xt_te, yt_te = tt.normalise(xte[m_tgt]), torch.from_numpy(yte[m_tgt] - tt.TARGET_CLASSES[0])
-    args = types.SimpleNamespace(pretrain_batch=128, pretrain_epochs=3, pretrain_lr=0.05,
-                                 momentum=0.9, pretrain_warmup=a.warmup, batch=32, steps=1000,
-                                 lr=0.01)
-
-    def draw(seed, k):
-        idx = tt.target_subset(ytr, seed, k)
-        return tt.normalise(xtr[idx]), torch.from_numpy(ytr[idx] - tt.TARGET_CLASSES[0])
+    tt.init_torch(1)
+    torch = tt.torch
+    d = tt.protocol_data(a.data_dir or tt.DATA_DIR)
+    # The protocol's hyper-parameters are the peer's defaults; only the
+    # pre-training warm-up is this script's.
+    args = tt.parse_args([])
+    args.pretrain_warmup = a.warmup
 
     plan = (("feature-extract", 10, a.draws), ("feature-extract", 50, a.fe50_draws),
             ("finetune", 10, a.ft_draws))
     rows = []
     for s in a.seeds:
         if a.torch:
-            trunk, info = tt.pretrain(args, xs, ys, xs_te, ys_te, s)
+            trunk, info = tt.pretrain(args, d.xs_tr, d.ys_tr, d.xs_te, d.ys_te, s)
             src_acc = info["test_acc"]
         else:
             model, _ = tt.ferry_pretrained(a.ferry_run, s, True, a.ferry)
-            trunk, src_acc = model[0], tt.evaluate(model, xs_te, ys_te)
+            trunk, src_acc = model[0], tt.evaluate(model, d.xs_te, d.ys_te)
         with torch.no_grad():
-            f = trunk(xs[:2000])
+            f = trunk(d.xs_tr[:2000])
         row = {"source": "pytorch" if a.torch else "ferry", "seed": s,
                "source_acc": 100 * src_acc, "dead_features": int((f.max(0).values == 0).sum())}
         for strategy, k, n in plan:
             if n <= 0:
                 continue
-            accs = [tt.run_job(strategy, k, d, args, trunk, *draw(d, k), xt_te, yt_te)["test_acc"]
-                    for d in range(a.first_draw, a.first_draw + n)]
+            accs = [tt.run_job(strategy, k, r, args, trunk,
+                               *tt.target_rows(d, tt.target_subset(d.ytr_raw, r, k)),
+                               d.xt_te, d.yt_te)["test_acc"]
+                    for r in range(a.first_draw, a.first_draw + n)]
             row[f"{strategy}_k{k}"] = 100 * float(np.mean(accs))
         rows.append(row)
         print(json.dumps(row), flush=True)

@@ -98,6 +98,7 @@ import json
 import os
 import sys
 import time
+import types
 
 import numpy as np
 
@@ -430,26 +431,47 @@ def set_thread_env(n):
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
-def main(argv=None):
+def init_torch(threads):
+    """Imports torch with `threads` BLAS/OpenMP threads (module globals torch,
+    nn, F stay None until this runs). For this script and its importers."""
     global torch, nn, F
-    t_start = time.perf_counter()
-    args = parse_args(argv)
-    set_thread_env(args.threads)
+    set_thread_env(threads)
     import torch as _torch
     import torch.nn as _nn
     import torch.nn.functional as _F
     torch, nn, F = _torch, _nn, _F
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(threads)
 
-    xtr_raw, ytr_raw = load_split(args.data_dir, "train")
-    xte_raw, yte_raw = load_split(args.data_dir, "t10k")
+
+def protocol_data(data_dir):
+    """The protocol's data: the raw train split (uint8 images, labels; K-shot
+    draws index it), the source's train and test tensors (classes 0-4) and
+    the target's test tensors (classes 5-9, relabelled 0-4)."""
+    xtr_raw, ytr_raw = load_split(data_dir, "train")
+    xte_raw, yte_raw = load_split(data_dir, "t10k")
     src_tr = np.isin(ytr_raw, SOURCE_CLASSES)
     src_te = np.isin(yte_raw, SOURCE_CLASSES)
     tgt_te = np.isin(yte_raw, TARGET_CLASSES)
-    xs_tr, ys_tr = normalise(xtr_raw[src_tr]), torch.from_numpy(ytr_raw[src_tr])
-    xs_te, ys_te = normalise(xte_raw[src_te]), torch.from_numpy(yte_raw[src_te])
-    xt_te = normalise(xte_raw[tgt_te])
-    yt_te = torch.from_numpy(yte_raw[tgt_te] - TARGET_CLASSES[0])
+    return types.SimpleNamespace(
+        xtr_raw=xtr_raw, ytr_raw=ytr_raw,
+        xs_tr=normalise(xtr_raw[src_tr]), ys_tr=torch.from_numpy(ytr_raw[src_tr]),
+        xs_te=normalise(xte_raw[src_te]), ys_te=torch.from_numpy(yte_raw[src_te]),
+        xt_te=normalise(xte_raw[tgt_te]), yt_te=torch.from_numpy(yte_raw[tgt_te] - TARGET_CLASSES[0]))
+
+
+def target_rows(d, idx):
+    """Tensors of the target training rows idx of the train file (relabelled 0-4)."""
+    return normalise(d.xtr_raw[idx]), torch.from_numpy(d.ytr_raw[idx] - TARGET_CLASSES[0])
+
+
+def main(argv=None):
+    t_start = time.perf_counter()
+    args = parse_args(argv)
+    init_torch(args.threads)
+    d = protocol_data(args.data_dir)
+    ytr_raw = d.ytr_raw
+    xs_tr, ys_tr, xs_te, ys_te = d.xs_tr, d.ys_tr, d.xs_te, d.ys_te
+    xt_te, yt_te = d.xt_te, d.yt_te
 
     # seed -> (trunk, pretrain record): one shared model, or one per seed
     pre_seeds = ([args.pretrain_seed + s for s in args.seeds] if args.pretrain_per_seed
@@ -477,7 +499,8 @@ def main(argv=None):
         trunk_of = {s: pres[0][0] for s in args.seeds}
     pre = pres[0][1]
     pre_accs = [r["test_acc"] for _, r in pres]
-    del xs_tr, ys_tr, xs_te, ys_te
+    del xs_tr, ys_tr, xs_te, ys_te  # the source data is no longer needed
+    d.xs_tr = d.ys_tr = d.xs_te = d.ys_te = None
 
     if args.subsets_in and args.subsets_from:
         raise SystemExit("give --subsets-in or --subsets-from, not both")
@@ -495,8 +518,7 @@ def main(argv=None):
                 raise SystemExit(f"{args.subsets_in or args.subsets_from}: no subset for seed "
                                  f"{seed}, K={k}")
             subsets.append({"seed": seed, "K": k, "train_indices": idx.tolist()})
-            xsub = normalise(xtr_raw[idx])
-            ysub = torch.from_numpy(ytr_raw[idx] - TARGET_CLASSES[0])
+            xsub, ysub = target_rows(d, idx)
             for strategy in args.strategies:
                 job = run_job(strategy, k, seed, args, trunk_of[seed], xsub, ysub, xt_te, yt_te)
                 jobs.append(job)
