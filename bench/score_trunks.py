@@ -7,13 +7,17 @@ protocol as bench/torch_transfer.py, optionally with a warm-up). Every trunk is
 then scored by the same PyTorch code on the same K-shot draws of the target
 (classes 5-9): feature extraction at K = 10 over --draws draws (20), at
 K = 50 over --fe50-draws (6), finetune at K = 10 over --ft-draws (5); a
-count of 0 skips that score. With the evaluator and the draws fixed, a
+count of 0 skips that score. With --scratch, scratch at K = 10 is trained once
+on each finetune draw (it does not depend on the trunk) and the summary adds
+finetune - scratch at K = 10, paired by draw: its mean, and its SE from both
+sources of spread (over draws: the per-draw gain averaged over trunks; over
+trunks: each trunk's mean finetune). With the evaluator and the draws fixed, a
 difference between the two sources is a difference between the pre-trained
 models, not between the transfer implementations or the draws.
 
 Prints one JSON line per trunk, then a summary line (mean, SE, SD per metric).
 
-usage: score_trunks.py --ferry-run RUN_DIR --seeds 0,1,2 [--ferry build/ferry]
+usage: score_trunks.py --ferry-run RUN_DIR --seeds 0,1,2 [--ferry build/ferry] [--scratch]
        score_trunks.py --torch [--warmup 100] --seeds 0,1,2
 """
 import argparse
@@ -45,6 +49,8 @@ def main():
     p.add_argument("--draws", type=int, default=20, help="K-shot draws for feature extraction at K=10")
     p.add_argument("--fe50-draws", type=int, default=6, help="draws for feature extraction at K=50")
     p.add_argument("--ft-draws", type=int, default=5, help="draws for finetune at K=10")
+    p.add_argument("--scratch", action="store_true",
+                   help="also train scratch on the finetune draws; report finetune - scratch")
     p.add_argument("--first-draw", type=int, default=100,
                    help="draw seeds start here (away from the protocol's 0, 1, 2)")
     a = p.parse_args()
@@ -60,6 +66,16 @@ def main():
 
     plan = (("feature-extract", 10, a.draws), ("feature-extract", 50, a.fe50_draws),
             ("finetune", 10, a.ft_draws))
+    draws_ft = range(a.first_draw, a.first_draw + a.ft_draws)
+    if a.scratch and a.ft_draws <= 0:
+        p.error("--scratch needs --ft-draws > 0")
+    scratch = {}
+    if a.scratch:
+        for r in draws_ft:
+            xr, yr = tt.target_rows(d, tt.target_subset(d.ytr_raw, r, 10))
+            scratch[r] = 100 * tt.run_job("scratch", 10, r, args, None, xr, yr,
+                                          d.xt_te, d.yt_te)["test_acc"]
+        print(json.dumps({"scratch_k10": scratch}), flush=True)
     rows = []
     for s in a.seeds:
         if a.torch:
@@ -80,17 +96,37 @@ def main():
                                d.xt_te, d.yt_te)["test_acc"]
                     for r in range(a.first_draw, a.first_draw + n)]
             row[f"{strategy}_k{k}"] = 100 * float(np.mean(accs))
+            if strategy == "finetune":
+                row["finetune_k10_draws"] = [100 * x for x in accs]
         rows.append(row)
         print(json.dumps(row), flush=True)
     summary = {"summary": True, "source": rows[0]["source"], "n": len(rows),
                "warmup": a.warmup if a.torch else None}
     for key in rows[0]:
-        if key in ("source", "seed"):
+        if key in ("source", "seed", "finetune_k10_draws"):
             continue
         v = [r[key] for r in rows]
         sd = st.stdev(v) if len(v) > 1 else 0.0
         summary[key] = {"mean": st.mean(v), "se": sd / len(v) ** 0.5, "sd": sd}
+    if scratch:
+        summary["finetune_minus_scratch_k10"] = paired_gain(rows, scratch, list(draws_ft))
     print(json.dumps(summary))
+
+
+def paired_gain(rows, scratch, draws):
+    """finetune - scratch at K = 10 over trunks x draws. The draw is the larger
+    source of spread (scratch at K = 10 moves by about 2 points from draw to
+    draw) and the trunk the other; the SE adds both: the spread over draws of
+    the trunk-averaged gain, and the spread over trunks of their mean
+    finetune."""
+    per_draw = [st.mean(r["finetune_k10_draws"][j] for r in rows) - scratch[dr]
+                for j, dr in enumerate(draws)]
+    per_trunk = [r["finetune_k10"] for r in rows]
+    se_d = st.stdev(per_draw) / len(per_draw) ** 0.5 if len(per_draw) > 1 else 0.0
+    se_t = st.stdev(per_trunk) / len(per_trunk) ** 0.5 if len(per_trunk) > 1 else 0.0
+    return {"mean": st.mean(per_draw), "se": (se_d ** 2 + se_t ** 2) ** 0.5,
+            "se_draws": se_d, "se_trunks": se_t, "per_draw": per_draw,
+            "scratch_mean": st.mean(scratch.values())}
 
 
 if __name__ == "__main__":
