@@ -3,22 +3,25 @@
 
 Trunks come either from a ferry run (the models of RUN_DIR/pretrain.s<seed>,
 read through `ferry ckpt export`) or from PyTorch pre-training here (same
-protocol as bench/torch_transfer.py, optionally with a warm-up). Every trunk is
-then scored by the same PyTorch code on the same K-shot draws of the target
-(classes 5-9): feature extraction at K = 10 over --draws draws (20), at
-K = 50 over --fe50-draws (6), finetune at K = 10 over --ft-draws (5); a
-count of 0 skips that score. With --scratch, scratch at K = 10 is trained once
-on each finetune draw (it does not depend on the trunk) and the summary adds
-finetune - scratch at K = 10, paired by draw: its mean, and its SE from both
-sources of spread (over draws: the per-draw gain averaged over trunks; over
-trunks: each trunk's mean finetune). With the evaluator and the draws fixed, a
-difference between the two sources is a difference between the pre-trained
-models, not between the transfer implementations or the draws.
+protocol as bench/torch_transfer.py, with the example's 100-step warm-up;
+--warmup 0 for a constant rate). Every trunk is then scored by the same
+PyTorch code on the same K-shot draws of the target (classes 5-9): feature
+extraction at K = 10 over --draws draws (20), at K = 50 over --fe50-draws
+(6), finetune at K = 10 over --ft-draws (5); a count of 0 skips that score.
+With the evaluator and the draws fixed, a difference between the two sources
+is a difference between the pre-trained models, not between the transfer
+implementations or the draws.
+
+With --scratch, scratch at K = 10 is also trained, once per finetune draw (it
+does not depend on the trunk), and the summary adds finetune - scratch at
+K = 10 paired by draw: its mean, and an SE from both sources of spread (over
+draws: the per-draw gain averaged over the trunks; over trunks: each trunk's
+mean finetune).
 
 Prints one JSON line per trunk, then a summary line (mean, SE, SD per metric).
 
 usage: score_trunks.py --ferry-run RUN_DIR --seeds 0,1,2 [--ferry build/ferry] [--scratch]
-       score_trunks.py --torch [--warmup 100] --seeds 0,1,2
+       score_trunks.py --torch [--warmup 0] --seeds 0,1,2
 """
 import argparse
 import json
@@ -43,7 +46,8 @@ def main():
                      help="score ferry's per-seed models (transfer.pretrain_per_seed)")
     src.add_argument("--torch", action="store_true", help="pre-train in PyTorch here")
     p.add_argument("--seeds", type=int_list, required=True, help="pre-training seeds, e.g. 0,1,2")
-    p.add_argument("--warmup", type=int, default=0, help="PyTorch pre-training warm-up steps")
+    p.add_argument("--warmup", type=int, default=100,
+                   help="PyTorch pre-training warm-up steps (100, the example's; 0 = constant lr)")
     p.add_argument("--ferry", default=os.path.join(here, "..", "build", "ferry"))
     p.add_argument("--data-dir", default=None, help="Fashion-MNIST directory (the peer's default)")
     p.add_argument("--draws", type=int, default=20, help="K-shot draws for feature extraction at K=10")

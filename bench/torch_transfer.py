@@ -25,8 +25,10 @@ Pre-training (once; with --pretrain-per-seed once per seed s, with
 transfer.pretrain_per_seed)
   torch.manual_seed(0) (--pretrain-seed), then build trunk and head (in that
   order: conv1, conv2, dense1, head). 3 epochs over the 30,000 source images,
-  SGD momentum 0.9, lr 0.05, batch 128, no weight decay, no augmentation.
-  Each epoch is a fresh permutation (torch.Generator seeded 0, randperm per
+  SGD momentum 0.9, lr 0.05, batch 128, no weight decay, no augmentation;
+  the lr warms up linearly over the first 100 steps (--pretrain-warmup; step
+  t < 100 uses 0.05 * (t + 1) / 100, the example file's
+  train.schedule.warmup_steps), then stays constant. Each epoch is a fresh permutation (torch.Generator seeded 0, randperm per
   epoch) cut into batches; the last incomplete batch of an epoch is DROPPED
   (as ferry's train.shards does): 234 steps per epoch, 702 in all.
   Reported: its test accuracy on the 5,000 source test images.
@@ -405,9 +407,10 @@ def parse_args(argv=None):
     p.add_argument("--pretrain-epochs", type=int, default=3)
     p.add_argument("--pretrain-lr", type=float, default=0.05)
     p.add_argument("--pretrain-batch", type=int, default=128)
-    p.add_argument("--pretrain-warmup", type=int, default=0, metavar="STEPS",
+    p.add_argument("--pretrain-warmup", type=int, default=100, metavar="STEPS",
                    help="linear lr warm-up over the first STEPS pre-training steps "
-                        "(ferry: train.schedule.warmup_steps); default 0 = none")
+                        "(ferry: train.schedule.warmup_steps); default 100 as in "
+                        "examples/transfer-fmnist.yaml, 0 = constant lr")
     p.add_argument("--pretrain-seed", type=int, default=0)
     p.add_argument("--pretrain-per-seed", action="store_true",
                    help="pre-train once per seed s (with --pretrain-seed + s); seed s's jobs "
