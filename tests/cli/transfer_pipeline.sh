@@ -96,4 +96,23 @@ done
 [ "$(grep -c '"status": "ok"' "$K/results.jsonl")" = 6 ] && ok || bad "resumed per-seed pipeline: want 6 finished jobs"
 expect 2 "one per seed" -- "$FERRY" train "$TMP/exp.yaml" --out "$TMP/bad" --progress plain \
   --set transfer.pretrain_per_seed=true --set "checkpoint.resume=$C"
+# A transfer job's new head is a fresh draw, not the pre-training's initial
+# head: both use the seed and the head's layer names, and the pre-trained
+# head stays close to where it started, so reusing it would start
+# fine-tuning from a source-class readout. With a learning rate of 1e-30 no
+# weight moves, so each checkpoint holds its run's initial values.
+Z=$TMP/init
+expect 0 "report: " -- "$FERRY" train "$TMP/exp.yaml" --out "$Z" --progress plain --set "$T59" \
+  --set train.optimizer.lr=1e-30 --set "transfer.strategies=[finetune]" --set "transfer.seeds=[0]" \
+  --set transfer.steps=1 --set transfer.optimizer.lr=1e-30
+expect 0 "" -- "$FERRY" ckpt export "$(ls "$Z"/pretrain/ckpt-*.ferry | head -1)" "$Z/x-pre"
+expect 0 "" -- "$FERRY" ckpt export "$(ls "$Z"/jobs/t59.finetune.k20.s0/ckpt-*.ferry | head -1)" "$Z/x-job"
+heads=$(cd "$Z/x-pre" && ls head.*.W.f32 2>/dev/null)
+[ -n "$heads" ] && ok || bad "no head weights in the exported pre-training checkpoint: $(ls "$Z/x-pre")"
+for f in $heads; do
+  cmp -s "$Z/x-pre/$f" "$Z/x-job/$f" && bad "$f: the finetune job's new head is the pre-training's initial head" || ok
+done
+for f in $(cd "$Z/x-pre" && ls trunk.*.f32); do
+  cmp -s "$Z/x-pre/$f" "$Z/x-job/$f" && ok || bad "$f: the job did not start from the pre-trained trunk"
+done
 finish
