@@ -70,15 +70,16 @@ def main():
 
     plan = (("feature-extract", 10, a.draws), ("feature-extract", 50, a.fe50_draws),
             ("finetune", 10, a.ft_draws))
+    def score(strategy, k, r, trunk):
+        """Test accuracy (%) of one job on K-shot draw r."""
+        x, y = tt.target_rows(d, tt.target_subset(d.ytr_raw, r, k))
+        return 100 * tt.run_job(strategy, k, r, args, trunk, x, y, d.xt_te, d.yt_te)["test_acc"]
+
     draws_ft = range(a.first_draw, a.first_draw + a.ft_draws)
     if a.scratch and a.ft_draws <= 0:
         p.error("--scratch needs --ft-draws > 0")
-    scratch = {}
-    if a.scratch:
-        for r in draws_ft:
-            xr, yr = tt.target_rows(d, tt.target_subset(d.ytr_raw, r, 10))
-            scratch[r] = 100 * tt.run_job("scratch", 10, r, args, None, xr, yr,
-                                          d.xt_te, d.yt_te)["test_acc"]
+    scratch = {r: score("scratch", 10, r, None) for r in draws_ft} if a.scratch else {}
+    if scratch:
         print(json.dumps({"scratch_k10": scratch}), flush=True)
     rows = []
     for s in a.seeds:
@@ -95,13 +96,10 @@ def main():
         for strategy, k, n in plan:
             if n <= 0:
                 continue
-            accs = [tt.run_job(strategy, k, r, args, trunk,
-                               *tt.target_rows(d, tt.target_subset(d.ytr_raw, r, k)),
-                               d.xt_te, d.yt_te)["test_acc"]
-                    for r in range(a.first_draw, a.first_draw + n)]
-            row[f"{strategy}_k{k}"] = 100 * float(np.mean(accs))
+            accs = [score(strategy, k, r, trunk) for r in range(a.first_draw, a.first_draw + n)]
+            row[f"{strategy}_k{k}"] = float(np.mean(accs))
             if strategy == "finetune":
-                row["finetune_k10_draws"] = [100 * x for x in accs]
+                row["finetune_k10_draws"] = accs
         rows.append(row)
         print(json.dumps(row), flush=True)
     summary = {"summary": True, "source": rows[0]["source"], "n": len(rows),

@@ -28,8 +28,8 @@ transfer.pretrain_per_seed)
   SGD momentum 0.9, lr 0.05, batch 128, no weight decay, no augmentation;
   the lr warms up linearly over the first 100 steps (--pretrain-warmup; step
   t < 100 uses 0.05 * (t + 1) / 100, the example file's
-  train.schedule.warmup_steps), then stays constant. Each epoch is a fresh permutation (torch.Generator seeded 0, randperm per
-  epoch) cut into batches; the last incomplete batch of an epoch is DROPPED
+  train.schedule.warmup_steps), then stays constant. Each epoch is a fresh
+  permutation (torch.Generator seeded 0, randperm per epoch) cut into batches; the last incomplete batch of an epoch is DROPPED
   (as ferry's train.shards does): 234 steps per epoch, 702 in all.
   Reported: its test accuracy on the 5,000 source test images.
 
