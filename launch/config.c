@@ -1638,7 +1638,7 @@ static int conv_strategies(cfg_ctx *c, const cfg_node *n, const char *path, cons
 }
 
 /* A list of integers (or one integer) in [lo, hi] into out[0..*count). */
-static int conv_int_list(const cfg_node *n, const char *path, int64_t lo, int64_t hi,
+static int conv_int_list(const cfg_node *n, const char *path, int64_t lo, int64_t hi, int max,
                          int64_t *out, int *count) {
   char fb[64], sub[CFG_PATH];
   cfg_range r = {.lo = (double)lo, .hi = (double)hi, .lo_set = 1, .hi_set = 1};
@@ -1646,8 +1646,8 @@ static int conv_int_list(const cfg_node *n, const char *path, int64_t lo, int64_
     *count = 1;
     return conv_i64(n, path, &r, lo, hi, &out[0]);
   }
-  if (n->kind != N_SEQ || n->n == 0 || n->n > EXP_MAX_GRID)
-    FAIL(n, path, "expected an integer or a list of 1 to %d integers, found %s", EXP_MAX_GRID,
+  if (n->kind != N_SEQ || n->n == 0 || n->n > max)
+    FAIL(n, path, "expected an integer or a list of 1 to %d integers, found %s", max,
          found(n, fb, sizeof fb));
   for (int i = 0; i < n->n; i++) {
     path_idx(sub, path, i);
@@ -1662,7 +1662,7 @@ static int conv_kgrid(cfg_ctx *c, const cfg_node *n, const char *path, const cfg
   (void)c, (void)k;
   exp_transfer *x = base;
   int64_t v[EXP_MAX_GRID];
-  CHECK_CALL(conv_int_list(n, path, 0, 1000000, v, &x->nk));
+  CHECK_CALL(conv_int_list(n, path, 0, 1000000, EXP_MAX_GRID, v, &x->nk));
   for (int i = 0; i < x->nk; i++) x->k[i] = (int)v[i];
   return 0;
 }
@@ -1671,7 +1671,7 @@ static int conv_seeds(cfg_ctx *c, const cfg_node *n, const char *path, const cfg
                       void *base) {
   (void)c, (void)k;
   exp_transfer *x = base;
-  return conv_int_list(n, path, 0, INT64_MAX, x->seeds, &x->nseeds);
+  return conv_int_list(n, path, 0, INT64_MAX, EXP_MAX_SEEDS, x->seeds, &x->nseeds);
 }
 
 static int conv_thead(cfg_ctx *c, const cfg_node *n, const char *path, const cfg_key *k,

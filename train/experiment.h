@@ -44,6 +44,9 @@ typedef struct {
 
 #define EXP_MAX_TARGETS 8
 #define EXP_MAX_GRID 16
+/* Seeds are the one grid axis users grow for statistics (the spread of a
+ * K-shot draw needs tens of seeds to pin a mean to a few tenths). */
+#define EXP_MAX_SEEDS 64
 
 /* Transfer strategies of a job. */
 typedef enum {
@@ -91,7 +94,7 @@ typedef struct {
   int nk;
   int k[EXP_MAX_GRID];       /* labelled samples per class; 0 = all */
   int nseeds;
-  int64_t seeds[EXP_MAX_GRID];
+  int64_t seeds[EXP_MAX_SEEDS];
   nn_stack_spec head;        /* the new head; no layers = dense(number of classes) */
   int64_t steps;             /* optimizer steps per job */
   int batch;

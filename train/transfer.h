@@ -52,7 +52,7 @@ typedef struct {
  * jobs of transfer.seeds[i]. */
 typedef struct {
   int n;
-  char path[EXP_MAX_GRID][EXP_PATH_MAX];
+  char path[EXP_MAX_SEEDS][EXP_PATH_MAX];
 } transfer_pretrained;
 
 /* Number of jobs the section expands to. Not collective. */

@@ -495,6 +495,23 @@ static void test_overrides(void) {
   EXPECT_SET_ERR(base, "train.batch=", "--set train.batch=: train.batch: expected an integer, found nothing");
   EXPECT_SET_ERR(base, "train.optimizer={name: adamw, momentum: 0.9}",
                  "train.optimizer.momentum: not used when name is adamw");
+  /* transfer grids: up to 64 seeds (statistics over K-shot draws), 16 Ks */
+  const char *tbase = "data: {train: mnist:train, test: mnist:test}\n"
+                      "model: {preset: mlp}\n"
+                      "transfer:\n"
+                      "  targets: [{name: t, data: {train: mnist:train, test: mnist:test}}]\n";
+  char seeds[512] = "transfer.seeds=[0", ks[128] = "transfer.k=[1";
+  for (int i = 1; i < EXP_MAX_SEEDS; i++)
+    snprintf(seeds + strlen(seeds), sizeof seeds - strlen(seeds), ",%d", 100 + i);
+  strcat(seeds, "]");
+  CHECK_OK(load(tbase, (const char *const[]){seeds}, 1));
+  CHECK(E.transfer.nseeds == EXP_MAX_SEEDS && E.transfer.seeds[EXP_MAX_SEEDS - 1] == 100 + EXP_MAX_SEEDS - 1);
+  strcpy(seeds + strlen(seeds) - 1, ",7]");
+  EXPECT_SET_ERR(tbase, seeds, "transfer.seeds: expected an integer or a list of 1 to 64 integers");
+  for (int i = 1; i < EXP_MAX_GRID + 1; i++)
+    snprintf(ks + strlen(ks), sizeof ks - strlen(ks), ",%d", 1 + i);
+  strcat(ks, "]");
+  EXPECT_SET_ERR(tbase, ks, "transfer.k: expected an integer or a list of 1 to 16 integers");
 }
 
 static void test_files_and_hash(void) {
