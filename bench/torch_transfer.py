@@ -204,15 +204,21 @@ def ferry_pretrained(run_dir, seed, per_seed, ferry):
     per seed), exported with `ferry ckpt export` and loaded by tensor name."""
     import glob
     import re
-    import subprocess
-    import tempfile
     d = os.path.join(run_dir, f"pretrain.s{seed}" if per_seed else "pretrain")
     ckpts = glob.glob(os.path.join(d, "ckpt-*.ferry"))
     if not ckpts:
         raise SystemExit(f"{d}: no ckpt-*.ferry (run ferry first)")
     last = max(ckpts, key=lambda c: int(re.search(r"ckpt-(\d+)\.ferry$", c).group(1)))
+    return ferry_model(last, ferry, len(SOURCE_CLASSES)), last
+
+
+def ferry_model(ckpt, ferry, nclasses):
+    """nn.Sequential(trunk, head) holding the trunk and main head of a ferry
+    checkpoint of the protocol's CNN, read through `ferry ckpt export`."""
+    import subprocess
+    import tempfile
     with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run([ferry, "ckpt", "export", last, tmp], check=True, stdout=subprocess.DEVNULL)
+        subprocess.run([ferry, "ckpt", "export", ckpt, tmp], check=True, stdout=subprocess.DEVNULL)
         with open(os.path.join(tmp, "manifest.json")) as f:
             man = json.load(f)
         state = {}
@@ -220,12 +226,12 @@ def ferry_pretrained(run_dir, seed, per_seed, ferry):
             if t["name"] in FERRY_NAMES:
                 a = np.fromfile(os.path.join(tmp, t["file"]), "<f4").reshape(t["shape"])
                 state[FERRY_NAMES[t["name"]]] = torch.from_numpy(a.copy())
-    model = nn.Sequential(make_trunk(), make_head(len(SOURCE_CLASSES)))
+    model = nn.Sequential(make_trunk(), make_head(nclasses))
     missing = set(model.state_dict()) - set(state)
     if missing:
-        raise SystemExit(f"{last}: no tensors for {sorted(missing)} (not the protocol's CNN?)")
+        raise SystemExit(f"{ckpt}: no tensors for {sorted(missing)} (not the protocol's CNN?)")
     model.load_state_dict(state)
-    return model, last
+    return model
 
 
 def batch_stream(n, batch, steps, seed):
