@@ -20,8 +20,9 @@ ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
 ctest --test-dir build-asan -L mpi -LE cli --output-on-failure -j"$jobs"
 # The CLI tests run the ferry binary as a user would (pipelines, coordinator,
 # faults, resume) under ASan too, but for the two that train longest (over
-# 10 min each here under ASan; they pass in the build above) and the cluster
-# ones (Slurm daemons, network namespaces).
+# 10 min each here under ASan; they pass in the build above;
+# cli.mpi_multitask_smoke takes multi-task training through ASan instead) and
+# the cluster ones (Slurm daemons, network namespaces).
 ctest --test-dir build-asan -L cli -LE cluster -E 'cli\.(examples_accuracy|mpi_multitask)$' \
   --output-on-failure -j"$jobs"
 # The checkpoint loader's libFuzzer target, briefly (clang; warnings not fatal:
