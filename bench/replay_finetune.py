@@ -66,6 +66,9 @@ def main():
         for line in f:
             r = json.loads(line)
             if r.get("strategy") == "finetune" and r.get("k") == a.k and r.get("status") == "ok":
+                if r["seed"] in jobs:
+                    sys.exit(f"{a.run}: {jobs[r['seed']]['job']} and {r['job']} share seed "
+                             f"{r['seed']} (several targets or learning rates: not supported)")
                 jobs[r["seed"]] = r
     if a.seeds is not None:
         want = [int(x) for x in a.seeds.split(",") if x != ""]
@@ -98,7 +101,8 @@ def main():
         info = json.loads(subprocess.run([a.ferry, "ckpt", "inspect", pre, "--json"], check=True,
                                          stdout=subprocess.PIPE, text=True).stdout)
         cmd = [a.ferry, "train", a.exp, "--out", out, "--progress", "plain",
-               "--set", f"seed={info['seed']}", "--set", f"checkpoint.resume={pre}", "--set", "transfer.optimizer.lr=1e-30",
+               "--set", f"seed={info['seed']}", "--set", f"checkpoint.resume={pre}",
+               "--set", "transfer.optimizer.lr=1e-30",
                "--set", "transfer.steps=1", "--set", "transfer.strategies=[finetune]",
                "--set", f"transfer.k=[{a.k}]", "--set", "transfer.pretrain_per_seed=false",
                "--set", f"transfer.seeds=[{','.join(map(str, seeds))}]"]
