@@ -17,3 +17,10 @@ expect() {
   ok
 }
 finish() { echo "$passes passed, $fails failed"; [ "$fails" -eq 0 ]; }
+# same_params DIR_A DIR_B WHAT: both runs' summary.json hold the same param_hash.
+param_hash() { grep -o '"param_hash": "[0-9a-f]*"' "$1/summary.json" 2>/dev/null; }
+same_params() {
+  local a b
+  a=$(param_hash "$1") b=$(param_hash "$2")
+  [ -n "$a" ] && [ "$a" = "$b" ] && ok || bad "$3: $a vs $b"
+}

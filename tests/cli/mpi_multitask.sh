@@ -32,9 +32,7 @@ t = s["tasks"]
 assert set(t) == {"class10", "coarse", "rotation"}, t
 assert t["class10"]["test_acc"] > 0.5 and t["coarse"]["test_acc"] > 0.6 and t["rotation"]["test_acc"] > 0.4, t
 PY
-h1=$(grep -o '"param_hash": "[0-9a-f]*"' "$TMP/x1/summary.json")
-h2=$(grep -o '"param_hash": "[0-9a-f]*"' "$TMP/x2/summary.json")
-[ -n "$h1" ] && [ "$h1" = "$h2" ] && ok || bad "deterministic multi-task: $h1 vs $h2"
+same_params "$TMP/x1" "$TMP/x2" "deterministic multi-task"
 expect 0 "task coarse" -- "$FERRY" train "$F" --out "$TMP/u" "${S[@]}" --set train.task_weighting=uncertainty
 /usr/bin/python3 -c "
 import json; t=json.load(open('$TMP/u/summary.json'))['tasks']
@@ -46,9 +44,7 @@ expect 0 "task coarse" -- "$FERRY" train "$F" --out "$TMP/ua" "${U[@]}"
 FERRY_FAULT=0:kill@25 "$FERRY" train "$F" --out "$TMP/ub" "${U[@]}" > /dev/null 2>&1 || true
 expect 0 "task uncertainty log\(sigma\^2\)" -- "$FERRY" ckpt inspect "$TMP/ub/ckpt-20.ferry"
 expect 0 "resume: .*ckpt-20" -- "$FERRY" train "$F" --out "$TMP/ub" "${U[@]}" --resume
-ha=$(grep -o '"param_hash": "[0-9a-f]*"' "$TMP/ua/summary.json")
-hb=$(grep -o '"param_hash": "[0-9a-f]*"' "$TMP/ub/summary.json")
-[ -n "$ha" ] && [ "$ha" = "$hb" ] && ok || bad "uncertainty-weighted resume: $ha vs $hb"
+same_params "$TMP/ua" "$TMP/ub" "uncertainty-weighted resume"
 # A task with its own dataset (classes 5-9, a smaller set, so its epochs
 # differ from the main task's): bitwise equal at 1 and 2 ranks in
 # deterministic mode, and its head learns.
@@ -59,9 +55,7 @@ OWN=("${S[@]}" --set train.deterministic=true --set data.classes=[0,1,2,3,4]
 for np in 1 2; do
   expect 0 "task b " -- "${MPIRUN[@]}" -np $np "$FERRY" train "$F" --out "$TMP/own$np" "${OWN[@]}"
 done
-o1=$(grep -o '"param_hash": "[0-9a-f]*"' "$TMP/own1/summary.json")
-o2=$(grep -o '"param_hash": "[0-9a-f]*"' "$TMP/own2/summary.json")
-[ -n "$o1" ] && [ "$o1" = "$o2" ] && ok || bad "task with its own data, deterministic: $o1 vs $o2"
+same_params "$TMP/own1" "$TMP/own2" "task with its own data, deterministic"
 /usr/bin/python3 -c "
 import json; t=json.load(open('$TMP/own1/summary.json'))['tasks']
 assert t['b']['test_acc'] > 0.6 and t['a']['test_acc'] > 0.6, t" && ok || bad "the own-data task did not learn"

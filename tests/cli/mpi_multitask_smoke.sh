@@ -15,15 +15,12 @@ S=(--progress plain --set train.steps=6 --set train.batch=32 --set train.shards=
 for np in 1 2; do
   expect 0 "task rotation" -- "${MPIRUN[@]}" -np $np "$FERRY" train "$F" --out "$TMP/m$np" "${S[@]}"
 done
-h1=$(grep -o '"param_hash": "[0-9a-f]*"' "$TMP/m1/summary.json")
-h2=$(grep -o '"param_hash": "[0-9a-f]*"' "$TMP/m2/summary.json")
-[ -n "$h1" ] && [ "$h1" = "$h2" ] && ok || bad "multi-task at 1 and 2 ranks: $h1 vs $h2"
+same_params "$TMP/m1" "$TMP/m2" "multi-task at 1 and 2 ranks"
 # Resumed at 2 ranks from the 1-rank run's step-3 checkpoint: the same end.
 cp "$TMP/m1/ckpt-3.ferry" "$TMP/r3.ferry"
 expect 0 "resume: " -- "${MPIRUN[@]}" -np 2 "$FERRY" train "$F" --out "$TMP/r" "${S[@]}" \
   --set "checkpoint.resume=$TMP/r3.ferry"
-hr=$(grep -o '"param_hash": "[0-9a-f]*"' "$TMP/r/summary.json")
-[ -n "$hr" ] && [ "$hr" = "$h1" ] && ok || bad "multi-task resumed at 2 ranks: $hr vs $h1"
+same_params "$TMP/r" "$TMP/m1" "multi-task resumed at 2 ranks"
 # A second task with its own data (classes 5-9) next to the main one (0-4).
 OWN=("${S[@]}" --set data.classes=[0,1,2,3,4]
      --set "tasks=[{name: a, labels: class}, {name: b, labels: class, weight: 0.5, data: {train: $(src train 600),
