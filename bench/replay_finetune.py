@@ -24,7 +24,6 @@ usage: replay_finetune.py RUN_DIR [--exp examples/transfer-fmnist.yaml] [--k 10]
 """
 import argparse
 import atexit
-import copy
 import glob
 import json
 import os
@@ -81,10 +80,8 @@ def main():
 
     import torch_transfer as tt
     tt.init_torch(1)
-    torch = tt.torch
     d = tt.protocol_data(a.data_dir or tt.DATA_DIR)
     args = tt.parse_args([])
-    batch = args.batch
 
     # Step 1: one lr-1e-30 run per pre-trained checkpoint.
     by_pre = {}
@@ -124,20 +121,16 @@ def main():
         x, y = tt.target_rows(d, ids)
         start = tt.ferry_model(glob.glob(os.path.join(jd, "ckpt-*.ferry"))[0], a.ferry,
                                len(tt.TARGET_CLASSES))
-        tt.sgd_steps(start, start.parameters(), x, y, min(batch, x.shape[0]), args.steps, s,
+        tt.sgd_steps(start, start.parameters(), x, y, min(args.batch, x.shape[0]), args.steps, s,
                      args.lr, args.momentum)
         row = {"seed": s, "ferry": round(100 * r["test_acc"], 2),
                "replay": round(100 * tt.evaluate(start, d.xt_te, d.yt_te), 2), "torch_heads": []}
         if pre not in trunks:
             trunks[pre] = tt.ferry_model(pre, a.ferry, len(tt.SOURCE_CLASSES))[0]
-        trunk0 = trunks[pre]
         for h in range(a.heads):
-            trunk = copy.deepcopy(trunk0)
-            torch.manual_seed(s + 1000 * h)
-            m = tt.nn.Sequential(trunk, tt.make_head())
-            tt.sgd_steps(m, m.parameters(), x, y, min(batch, x.shape[0]), args.steps, s,
-                         args.lr, args.momentum)
-            row["torch_heads"].append(round(100 * tt.evaluate(m, d.xt_te, d.yt_te), 2))
+            job = tt.run_job("finetune", a.k, s, args, trunks[pre], x, y, d.xt_te, d.yt_te,
+                             init_seed=s + 1000 * h)
+            row["torch_heads"].append(round(100 * job["test_acc"], 2))
         rows.append(row)
         print(json.dumps(row), flush=True)
 

@@ -29,8 +29,9 @@ transfer.pretrain_per_seed)
   the lr warms up linearly over the first 100 steps (--pretrain-warmup; step
   t < 100 uses 0.05 * (t + 1) / 100, the example file's
   train.schedule.warmup_steps), then stays constant. Each epoch is a fresh
-  permutation (torch.Generator seeded 0, randperm per epoch) cut into batches; the last incomplete batch of an epoch is DROPPED
-  (as ferry's train.shards does): 234 steps per epoch, 702 in all.
+  permutation (torch.Generator seeded 0, randperm per epoch) cut into
+  batches; the last incomplete batch of an epoch is DROPPED (as ferry's
+  train.shards does): 234 steps per epoch, 702 in all.
   Reported: its test accuracy on the 5,000 source test images.
 
 Target subsets, per seed s and K (images per class)
@@ -307,14 +308,17 @@ def pretrain(args, xtr, ytr, xte, yte, seed):
     }
 
 
-def run_job(strategy, k, seed, args, pre_trunk, xsub, ysub, xte, yte):
+def run_job(strategy, k, seed, args, pre_trunk, xsub, ysub, xte, yte, init_seed=None):
+    """One transfer job; batches from `seed`, fresh layers from torch.manual_seed
+    of init_seed (default: seed)."""
     t0 = time.perf_counter()
+    init = seed if init_seed is None else init_seed
     n = xsub.shape[0]
     batch = min(args.batch, n)
     common = dict(batch=batch, steps=args.steps, seed=seed, lr=args.lr,
                   momentum=args.momentum)
     if strategy == "scratch":
-        torch.manual_seed(seed)
+        torch.manual_seed(init)
         trunk = make_trunk()
         model = nn.Sequential(trunk, make_head())
         train_s = sgd_steps(model, model.parameters(), xsub, ysub, **common)
@@ -322,7 +326,7 @@ def run_job(strategy, k, seed, args, pre_trunk, xsub, ysub, xte, yte):
     elif strategy == "feature-extract":
         ftr = features(pre_trunk, xsub)
         fte = features(pre_trunk, xte)
-        torch.manual_seed(seed)
+        torch.manual_seed(init)
         head = make_head()
         train_s = sgd_steps(head, head.parameters(), ftr, ysub, **common)
         acc = evaluate(head, fte, yte)
@@ -330,7 +334,7 @@ def run_job(strategy, k, seed, args, pre_trunk, xsub, ysub, xte, yte):
         trunk = copy.deepcopy(pre_trunk)
         for prm in trunk.parameters():
             prm.requires_grad_(True)  # the shared pre-trained trunk is frozen
-        torch.manual_seed(seed)
+        torch.manual_seed(init)
         model = nn.Sequential(trunk, make_head())
         train_s = sgd_steps(model, model.parameters(), xsub, ysub, **common)
         acc = evaluate(model, xte, yte)
