@@ -191,31 +191,37 @@ static int idx_plain_size(gzFile gz, const char *role, const char *path, int64_t
   return 0;
 }
 
-static int idx_images(nn_dataset *ds, const char *path, int64_t max_n, int64_t *n_file) {
+/* Header and sizes of an images file: d = {n, rows, cols}. */
+static int idx_dims(gzFile gz, const char *role, const char *path, int64_t d[3]) {
+  CHECK_CALL(idx_header(gz, role, path, 3, d));
+  /* Each size is < 2^31, so rows*cols fits; n*rows*cols might not. */
+  CHECK_USER(d[0] <= IDX_MAX_BYTES / (d[1] * d[2]),
+             "%s '%s': %lld images of %lldx%lld pixels, expected at most %lld bytes in all", role,
+             path, (long long)d[0], (long long)d[1], (long long)d[2], (long long)IDX_MAX_BYTES);
+  CHECK_USER(d[1] <= INT_MAX / d[2], "%s '%s': image of %lldx%lld pixels, expected at most %d",
+             role, path, (long long)d[1], (long long)d[2], INT_MAX);
+  return idx_plain_size(gz, role, path, 16, d[0] * d[1] * d[2], "image");
+}
+
+static int idx_end_check(gzFile gz, const char *role, const char *path, const int64_t d[3]) {
+  char hdr[96];
+  snprintf(hdr, sizeof hdr, "%lld images of %lldx%lld", (long long)d[0], (long long)d[1],
+           (long long)d[2]);
+  return idx_expect_end(gz, role, path, hdr);
+}
+
+/* header_only: sizes checked, pixels left unread (u8 stays NULL). */
+static int idx_images(nn_dataset *ds, const char *path, int64_t max_n, int64_t *n_file,
+                      int header_only) {
   const char *role = "images file";
   gzFile gz;
   int64_t d[3] = {0, 0, 0};
   CHECK_CALL(open_gz(&gz, path, role));
-  int rc = idx_header(gz, role, path, 3, d);
-  /* Each size is < 2^31, so rows*cols fits; n*rows*cols might not. */
-  if (rc == 0 && d[0] > IDX_MAX_BYTES / (d[1] * d[2]))
-    rc = ferry_err_set(FERRY_EUSER, __FILE__, __LINE__, __func__,
-                       "%s '%s': %lld images of %lldx%lld pixels, expected at most %lld bytes "
-                       "in all",
-                       role, path, (long long)d[0], (long long)d[1], (long long)d[2],
-                       (long long)IDX_MAX_BYTES);
-  if (rc == 0 && (d[1] > INT_MAX / d[2]))
-    rc = ferry_err_set(FERRY_EUSER, __FILE__, __LINE__, __func__,
-                       "%s '%s': image of %lldx%lld pixels, expected at most %d", role, path,
-                       (long long)d[1], (long long)d[2], INT_MAX);
-  if (rc == 0) rc = idx_plain_size(gz, role, path, 16, d[0] * d[1] * d[2], "image");
+  int rc = idx_dims(gz, role, path, d);
   int64_t keep = max_n > 0 && max_n < d[0] ? max_n : d[0];
-  if (rc == 0) rc = idx_payload(gz, role, path, keep * d[1] * d[2], "image", &ds->u8);
-  if (rc == 0 && keep == d[0]) {
-    char hdr[96];
-    snprintf(hdr, sizeof hdr, "%lld images of %lldx%lld", (long long)d[0], (long long)d[1],
-             (long long)d[2]);
-    rc = idx_expect_end(gz, role, path, hdr);
+  if (rc == 0 && !header_only) {
+    rc = idx_payload(gz, role, path, keep * d[1] * d[2], "image", &ds->u8);
+    if (rc == 0 && keep == d[0]) rc = idx_end_check(gz, role, path, d);
   }
   gzclose(gz);
   if (rc) {
@@ -268,10 +274,11 @@ static int idx_labels(nn_dataset *ds, const char *path, int64_t n_images, const 
   return 0;
 }
 
-int nn_data_read_idx(nn_dataset *ds, const char *images, const char *labels, int64_t max_n) {
+static int read_idx(nn_dataset *ds, const char *images, const char *labels, int64_t max_n,
+                    int header_only) {
   memset(ds, 0, sizeof *ds);
   int64_t n_file = 0;
-  int rc = idx_images(ds, images, max_n, &n_file);
+  int rc = idx_images(ds, images, max_n, &n_file, header_only);
   if (rc == 0) {
     ds->labels = xmalloc((size_t)ds->n * sizeof *ds->labels);
     ds->ids = xmalloc((size_t)ds->n * sizeof *ds->ids);
@@ -294,6 +301,117 @@ int nn_data_read_idx(nn_dataset *ds, const char *images, const char *labels, int
   }
   snprintf(ds->source, sizeof ds->source, "%s%s%s", images, labels && labels[0] ? "," : "",
            labels && labels[0] ? labels : "");
+  ds->pending = header_only;
+  return 0;
+}
+
+int nn_data_read_idx(nn_dataset *ds, const char *images, const char *labels, int64_t max_n) {
+  return read_idx(ds, images, labels, max_n, 0);
+}
+
+int nn_data_read_idx_labels(nn_dataset *ds, const char *images, const char *labels,
+                            int64_t max_n) {
+  return read_idx(ds, images, labels, max_n, 1);
+}
+
+static uint64_t row_digest_u8(const uint8_t *p, size_t numel);
+
+/* Where each view wants file row r: pos[k][r] = its row, or -1. */
+static int fill_plan(nn_dataset *const *dst, int nd, const int64_t d[3], int64_t keep,
+                     const char *path, int64_t **pos) {
+  const size_t numel = (size_t)(d[1] * d[2]);
+  for (int k = 0; k < nd; k++) {
+    nn_dataset *v = dst[k];
+    CHECK_RT(v->pending && !v->u8 && !v->f32, "nn_data_fill_idx: '%s' is not a pending view",
+             v->source);
+    CHECK_USER(v->shape.c == 1 && v->shape.h == d[1] && v->shape.w == d[2],
+               "images file '%s': images are now %lldx%lld, were %dx%d when its labels were read "
+               "(did the file change?)",
+               path, (long long)d[1], (long long)d[2], v->shape.h, v->shape.w);
+    pos[k] = malloc((size_t)(keep ? keep : 1) * sizeof **pos);
+    v->u8 = xmalloc((size_t)v->n * numel);
+    CHECK_ALLOC(pos[k] && v->u8 ? v : NULL, (size_t)v->n * numel);
+    for (int64_t r = 0; r < keep; r++) pos[k][r] = -1;
+    for (int64_t i = 0; i < v->n; i++) {
+      const int64_t r = v->ids[i];
+      CHECK_USER(r >= 0 && r < keep,
+                 "images file '%s': sample %lld wanted, the file now has %lld (did it change?)",
+                 path, (long long)r, (long long)keep);
+      CHECK_RT(pos[k][r] < 0, "nn_data_fill_idx: row %lld of '%s' twice in one view",
+               (long long)r, path);
+      pos[k][r] = i;
+    }
+  }
+  return 0;
+}
+
+int nn_data_fill_idx(nn_dataset *const *dst, int nd, const char *images, int64_t max_n,
+                     uint64_t **row_hash, int64_t *nrows) {
+  const char *role = "images file";
+  if (row_hash) *row_hash = NULL;
+  if (nrows) *nrows = 0;
+  int64_t **pos = calloc((size_t)(nd > 0 ? nd : 1), sizeof *pos);
+  CHECK_ALLOC(pos, (size_t)nd * sizeof *pos);
+  gzFile gz;
+  int rc = open_gz(&gz, images, role);
+  if (rc) {
+    free(pos);
+    return rc;
+  }
+  int64_t d[3] = {0, 0, 0};
+  uint8_t *buf = NULL;
+  uint64_t *hash = NULL;
+  rc = idx_dims(gz, role, images, d);
+  const int64_t keep = max_n > 0 && max_n < d[0] ? max_n : d[0];
+  const size_t numel = (size_t)(d[1] * d[2]);
+  const int64_t block = numel < READ_BLOCK / 16 ? (int64_t)(READ_BLOCK / 16 / numel) : 1;
+  if (rc == 0) rc = fill_plan(dst, nd, d, keep, images, pos);
+  if (rc == 0) {
+    buf = malloc((size_t)block * numel);
+    if (row_hash) hash = malloc((size_t)(keep ? keep : 1) * sizeof *hash);
+    if (!buf || (row_hash && !hash))
+      rc = ferry_err_set(FERRY_ERUNTIME, __FILE__, __LINE__, __func__,
+                         "%s '%s': out of memory for a read block of %lld images", role, images,
+                         (long long)block);
+  }
+  for (int64_t r0 = 0; rc == 0 && r0 < keep; r0 += block) {
+    const int64_t c = keep - r0 < block ? keep - r0 : block;
+    size_t got = 0;
+    rc = read_gz(gz, buf, (size_t)c * numel, &got, role, images);
+    if (rc == 0 && got < (size_t)c * numel)
+      rc = ferry_err_set(FERRY_EUSER, __FILE__, __LINE__, __func__,
+                         "%s '%s': truncated: expected %lld image bytes, got %lld (%s)", role,
+                         images, (long long)(keep * (int64_t)numel),
+                         (long long)(r0 * (int64_t)numel + (int64_t)got), short_reason(gz));
+    for (int64_t r = 0; rc == 0 && r < c; r++) {
+      const uint8_t *row = buf + (size_t)r * numel;
+      if (hash) hash[r0 + r] = row_digest_u8(row, numel);
+      for (int k = 0; k < nd; k++) {
+        const int64_t p = pos[k][r0 + r];
+        if (p >= 0) memcpy(dst[k]->u8 + (size_t)p * numel, row, numel);
+      }
+    }
+  }
+  if (rc == 0 && keep == d[0]) rc = idx_end_check(gz, role, images, d);
+  gzclose(gz);
+  for (int k = 0; k < nd; k++) free(pos[k]);
+  free(pos);
+  free(buf);
+  if (rc) {
+    free(hash);
+    for (int k = 0; k < nd; k++)
+      if (dst[k]->pending) {
+        free(dst[k]->u8);
+        dst[k]->u8 = NULL;
+      }
+    ferry_err_trace(__FILE__, __LINE__, __func__);
+    return rc;
+  }
+  for (int k = 0; k < nd; k++) dst[k]->pending = 0;
+  if (row_hash) {
+    *row_hash = hash;
+    *nrows = keep;
+  }
   return 0;
 }
 
@@ -540,7 +658,7 @@ int nn_data_gather(nn_dataset *dst, const nn_dataset *src, const int64_t *idx, i
   CHECK_RT(n >= 0, "nn_data_gather: %lld rows requested from '%s'", (long long)n, src->source);
   const size_t numel = nn_shape_numel(src->shape);
   nn_dataset d = {.n = n, .shape = src->shape, .spatial = src->spatial,
-                  .nclasses = src->nclasses};
+                  .nclasses = src->nclasses, .pending = src->pending};
   memcpy(d.source, src->source, sizeof d.source);
   d.labels = xmalloc((size_t)n * sizeof *d.labels);
   d.ids = xmalloc((size_t)n * sizeof *d.ids);
@@ -566,6 +684,16 @@ int nn_data_gather(nn_dataset *dst, const nn_dataset *src, const int64_t *idx, i
   }
   *dst = d;
   return 0;
+}
+
+int nn_data_copy(nn_dataset *dst, const nn_dataset *src) {
+  memset(dst, 0, sizeof *dst);
+  int64_t *idx = xmalloc((size_t)src->n * sizeof *idx);
+  CHECK_ALLOC(idx, (size_t)src->n * sizeof *idx);
+  for (int64_t i = 0; i < src->n; i++) idx[i] = i;
+  int rc = nn_data_gather(dst, src, idx, src->n);
+  free(idx);
+  return rc;
 }
 
 int nn_data_subset_classes(nn_dataset *dst, const nn_dataset *src, const int *classes, int nc) {
@@ -781,19 +909,50 @@ static uint64_t dig_bytes(uint64_t h, const uint8_t *p, size_t n) {
   return dig_step(h, w ^ ((uint64_t)(n & 7) << 56));
 }
 
-uint64_t nn_data_digest(const nn_dataset *ds) {
-  const size_t numel = nn_shape_numel(ds->shape), total = (size_t)ds->n * numel;
+/* A sample's hash; the digest chains these, so it can also be formed from
+ * hashes taken while a file streams past (nn_data_fill_idx). */
+static uint64_t row_digest_u8(const uint8_t *p, size_t numel) {
+  return nn_mix64(dig_bytes(0xcbf29ce484222325ULL, p, numel));
+}
+
+static uint64_t row_digest_f32(const float *p, size_t numel) {
   uint64_t h = 0xcbf29ce484222325ULL;
-  h = dig_step(h, (uint64_t)ds->n);
-  h = dig_step(h, (uint64_t)(uint32_t)ds->shape.c << 32 | (uint32_t)ds->shape.h);
-  h = dig_step(h, (uint64_t)(uint32_t)ds->shape.w << 32 | (ds->u8 ? 1u : 0u) | (ds->f32 ? 2u : 0u));
-  if (ds->u8) h = dig_bytes(h, ds->u8, total);
-  if (ds->f32)
-    for (size_t i = 0; i < total; i++) {
-      uint32_t b;
-      memcpy(&b, &ds->f32[i], sizeof b);
-      h = dig_step(h, b);
-    }
+  for (size_t i = 0; i < numel; i++) {
+    uint32_t b;
+    memcpy(&b, &p[i], sizeof b);
+    h = dig_step(h, b);
+  }
+  return nn_mix64(h);
+}
+
+static uint64_t digest_head(int64_t n, nn_shape s, unsigned kind) {
+  uint64_t h = 0xcbf29ce484222325ULL;
+  h = dig_step(h, (uint64_t)n);
+  h = dig_step(h, (uint64_t)(uint32_t)s.c << 32 | (uint32_t)s.h);
+  return dig_step(h, (uint64_t)(uint32_t)s.w << 32 | kind);
+}
+
+static uint64_t digest_labels(uint64_t h, const nn_dataset *ds) {
   for (int64_t i = 0; i < ds->n; i++) h = dig_step(h, (uint32_t)ds->labels[i]);
   return nn_mix64(h);
+}
+
+uint64_t nn_data_digest(const nn_dataset *ds) {
+  const size_t numel = nn_shape_numel(ds->shape);
+  /* (A pending view has no pixels here: nn_data_digest_view digests one.) */
+  uint64_t h = digest_head(ds->n, ds->shape, (ds->u8 ? 1u : 0u) | (ds->f32 ? 2u : 0u));
+  for (int64_t i = 0; ds->u8 && i < ds->n; i++)
+    h = dig_step(h, row_digest_u8(ds->u8 + (size_t)i * numel, numel));
+  for (int64_t i = 0; ds->f32 && i < ds->n; i++)
+    h = dig_step(h, row_digest_f32(ds->f32 + (size_t)i * numel, numel));
+  return digest_labels(h, ds);
+}
+
+uint64_t nn_data_digest_view(const nn_dataset *view, const uint64_t *row_hash, int64_t nrows) {
+  uint64_t h = digest_head(view->n, view->shape, 1u);
+  for (int64_t i = 0; i < view->n; i++) {
+    const int64_t r = view->ids[i];
+    h = dig_step(h, r >= 0 && r < nrows ? row_hash[r] : 0);
+  }
+  return digest_labels(h, view);
 }

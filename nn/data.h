@@ -21,6 +21,8 @@ typedef struct {
   int32_t *labels;      /* [n]; -1 = unlabelled */
   int64_t *ids;         /* [n] stable sample ids (index in the source file) */
   int nclasses;         /* 1 + largest label */
+  int pending;          /* 1: a view whose pixels are not read yet (u8 NULL);
+                           nn_data_fill_idx reads them */
   char source[256];     /* file(s) it came from, for messages */
 } nn_dataset;
 
@@ -31,6 +33,22 @@ typedef struct {
  * the first max_n samples. labels may be NULL: every sample unlabelled (-1).
  * Not collective. */
 int nn_data_read_idx(nn_dataset *ds, const char *images, const char *labels, int64_t max_n);
+/* The same dataset as a view: the images file's header and the labels are
+ * read, the pixels are not (pending = 1, u8 = NULL). Gather and the subsets
+ * below work on views as on whole datasets, so the rows a process needs can
+ * be chosen from the labels before any pixel is held; nn_data_fill_idx then
+ * reads just those. */
+int nn_data_read_idx_labels(nn_dataset *ds, const char *images, const char *labels,
+                            int64_t max_n);
+/* Reads the images file once, front to back, and gives each pending view in
+ * dst[0..nd) (views of that file, any rows in any order, by ids) its pixels;
+ * memory is the views' rows plus one read block. Checks the file exactly as
+ * nn_data_read_idx does (header, truncation, gzip trailer, trailing data).
+ * row_hash, if not NULL, receives a malloc'd array of a hash of every row read
+ * (*nrows of them, the caller frees) for nn_data_digest_view. On failure the
+ * views stay pending. */
+int nn_data_fill_idx(nn_dataset *const *dst, int nd, const char *images, int64_t max_n,
+                     uint64_t **row_hash, int64_t *nrows);
 /* Reads CSV rows "label,f1,...,fd" (optional header line detected when its
  * first field is not a number; gzip allowed). Every row must have the same d;
  * errors name the file and line. Empty label field = unlabelled (-1). If
@@ -40,6 +58,8 @@ void nn_data_free(nn_dataset *ds);
 
 /* New dataset of the rows idx[0..n) of src (copies samples). */
 int nn_data_gather(nn_dataset *dst, const nn_dataset *src, const int64_t *idx, int64_t n);
+/* A whole copy of src (a view copies as a view). */
+int nn_data_copy(nn_dataset *dst, const nn_dataset *src);
 /* Keeps rows whose label is in classes[0..nc) and relabels class classes[i]
  * to i. FERRY_EUSER if a class does not occur. */
 int nn_data_subset_classes(nn_dataset *dst, const nn_dataset *src, const int *classes, int nc);
@@ -52,6 +72,9 @@ int nn_data_split(nn_dataset *train, nn_dataset *val, const nn_dataset *src, dou
                   uint64_t seed);
 /* Digest (64-bit FNV/mix) of the samples and labels, for provenance. */
 uint64_t nn_data_digest(const nn_dataset *ds);
+/* nn_data_digest of what a view of an IDX file holds once filled, from the
+ * file's row hashes (nn_data_fill_idx), without its pixels. */
+uint64_t nn_data_digest_view(const nn_dataset *view, const uint64_t *row_hash, int64_t nrows);
 
 typedef enum {
   NN_TF_NORMALIZE, /* x = (x - mean) / std  (per channel: a[0..c) means, b[0..c) stds) */

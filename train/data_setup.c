@@ -33,30 +33,24 @@ static int same_source(const exp_source *a, const exp_source *b) {
          !strcmp(a->labels, b->labels) && !strcmp(a->path, b->path);
 }
 
-/* A whole copy of src. */
-static int copy_dataset(nn_dataset *dst, const nn_dataset *src) {
-  int64_t *idx = malloc((size_t)(src->n ? src->n : 1) * sizeof *idx);
-  CHECK_ALLOC(idx, (size_t)src->n * sizeof *idx);
-  for (int64_t i = 0; i < src->n; i++) idx[i] = i;
-  int rc = nn_data_gather(dst, src, idx, src->n);
-  free(idx);
-  CHECK_CALL(rc);
-  dst->nclasses = src->nclasses;
-  memcpy(dst->source, src->source, sizeof dst->source);
-  return 0;
-}
-
 static int read_file(nn_dataset *ds, const exp_source *s, const char *what);
 
-static int read_source(nn_dataset *ds, const exp_source *s, const char *what) {
+/* views: an IDX source is read as a view (labels now, pixels at
+ * train_data_fill) unless the cache is on, which wants the whole file. */
+static int read_source(nn_dataset *ds, const exp_source *s, const char *what, int views) {
+  if (views && !cache_on && s->format == EXP_SRC_IDX) {
+    int rc = nn_data_read_idx_labels(ds, s->images, s->labels, s->limit);
+    if (rc) ferry_err_trace(__FILE__, __LINE__, what);
+    return rc;
+  }
   if (!cache_on) return read_file(ds, s, what);
   for (int i = 0; i < CACHE_MAX; i++)
-    if (cache[i].used && same_source(&cache[i].src, s)) return copy_dataset(ds, &cache[i].ds);
+    if (cache[i].used && same_source(&cache[i].src, s)) return nn_data_copy(ds, &cache[i].ds);
   CHECK_CALL(read_file(ds, s, what));
   for (int i = 0; i < CACHE_MAX; i++)
     if (!cache[i].used) {
       /* A failed copy only means no caching. */
-      if (copy_dataset(&cache[i].ds, ds) == 0) {
+      if (nn_data_copy(&cache[i].ds, ds) == 0) {
         cache[i].src = *s;
         cache[i].used = 1;
       } else {
@@ -89,16 +83,16 @@ static int replace(nn_dataset *ds, nn_dataset *next) {
   return 0;
 }
 
-int train_data_load(train_data *d, const exp_experiment *e) {
-  return train_data_load_from(d, &e->data);
+int train_data_load(train_data *d, const exp_experiment *e, int views) {
+  return train_data_load_from(d, &e->data, views);
 }
 
-int train_data_load_from(train_data *d, const exp_data *x) {
+int train_data_load_from(train_data *d, const exp_data *x, int views) {
   memset(d, 0, sizeof *d);
   nn_dataset tmp;
   memset(&tmp, 0, sizeof tmp);
-  int rc = read_source(&d->train, &x->train, "data.train");
-  if (!rc) rc = read_source(&d->test, &x->test, "data.test");
+  int rc = read_source(&d->train, &x->train, "data.train", views);
+  if (!rc) rc = read_source(&d->test, &x->test, "data.test", views);
   if (rc) goto fail;
   if (d->train.shape.c != d->test.shape.c || d->train.shape.h != d->test.shape.h ||
       d->train.shape.w != d->test.shape.w) {
@@ -139,6 +133,39 @@ fail:
   nn_data_free(&tmp);
   train_data_free(d);
   return rc;
+}
+
+int train_data_fill(train_data *d, const exp_data *x, const nn_dataset *all_train,
+                    const nn_dataset *all_test, uint64_t *train_digest, uint64_t *test_digest) {
+  nn_dataset *v[2];
+  int nv = 0;
+  uint64_t *hash = NULL;
+  int64_t nrows = 0;
+  if (d->train.pending) v[nv++] = &d->train;
+  if (d->val.pending) v[nv++] = &d->val;
+  if (nv) {
+    int want = all_train && train_digest;
+    int rc = nn_data_fill_idx(v, nv, x->train.images, x->train.limit, want ? &hash : NULL, &nrows);
+    if (rc) {
+      ferry_err_trace(__FILE__, __LINE__, "data.train");
+      return rc;
+    }
+    if (want) *train_digest = nn_data_digest_view(all_train, hash, nrows);
+    free(hash);
+    hash = NULL;
+  }
+  if (d->test.pending) {
+    int want = all_test && test_digest;
+    nn_dataset *t = &d->test;
+    int rc = nn_data_fill_idx(&t, 1, x->test.images, x->test.limit, want ? &hash : NULL, &nrows);
+    if (rc) {
+      ferry_err_trace(__FILE__, __LINE__, "data.test");
+      return rc;
+    }
+    if (want) *test_digest = nn_data_digest_view(all_test, hash, nrows);
+    free(hash);
+  }
+  return 0;
 }
 
 void train_data_free(train_data *d) {

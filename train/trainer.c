@@ -187,7 +187,7 @@ static int setup_task_data(trainer *t) {
     t->ts[k] = s;
     exp_data x = task->data;
     if (!x.seed) x.seed = e->data.seed ^ (0x7a5c0000ULL + (uint64_t)k);
-    CHECK_CALL(train_data_load_from(&s->d, &x));
+    CHECK_CALL(train_data_load_from(&s->d, &x, 1));
     nn_shape a = s->d.train.shape, b = t->d.train.shape;
     CHECK_USER(a.c == b.c && a.h == b.h && a.w == b.w && s->d.train.spatial == t->d.train.spatial,
                "tasks.%s.data: samples are %dx%dx%d but the shared trunk takes the experiment's "
@@ -200,6 +200,7 @@ static int setup_task_data(trainer *t) {
     CHECK_CALL(train_shards_init(&s->sh, s->d.train.n, e->shards, e->batch,
                                  e->seed ^ (0x7a5c0000ULL + (uint64_t)k)));
     CHECK_CALL(keep_shards(t, &s->d, &s->sh, &s->labels, &s->local_row));
+    CHECK_CALL(train_data_fill(&s->d, &x, NULL, NULL, NULL, NULL));
   }
   return 0;
 }
@@ -242,6 +243,31 @@ static int setup_data(trainer *t) {
   }
   CHECK_CALL(keep_shards(t, &t->d, &t->sh, &t->labels, &t->local_row));
   return 0;
+}
+
+/* Provenance digests of the whole train and test splits, then this rank's
+ * rows: the data was loaded as views where it could be (train_data_load), so
+ * only the rows this rank keeps are read into memory, after its shards and
+ * slices are chosen from the labels. */
+static int setup_rows(trainer *t) {
+  nn_dataset all[2];
+  memset(all, 0, sizeof all);
+  int rc = 0;
+  if (t->d.train.pending)
+    rc = nn_data_copy(&all[0], &t->d.train);
+  else
+    t->prov[0].digest = nn_data_digest(&t->d.train);
+  if (rc == 0 && t->d.test.pending)
+    rc = nn_data_copy(&all[1], &t->d.test);
+  else if (rc == 0)
+    t->prov[1].digest = nn_data_digest(&t->d.test);
+  if (rc == 0) rc = setup_data(t);
+  if (rc == 0)
+    rc = train_data_fill(&t->d, &t->e->data, &all[0], &all[1], &t->prov[0].digest,
+                         &t->prov[1].digest);
+  nn_data_free(&all[0]);
+  nn_data_free(&all[1]);
+  return rc;
 }
 
 /* Rows this rank computes in one pass: all its shards (default mode) or one
@@ -358,22 +384,20 @@ static int setup(trainer *t) {
              "/nonexistent/ferry-fault-injected/train-images.gz");
     snprintf(broken.data.train.path, sizeof broken.data.train.path,
              "/nonexistent/ferry-fault-injected/train.csv");
-    CHECK_CALL(train_data_load(&t->d, &broken));
+    CHECK_CALL(train_data_load(&t->d, &broken, 1));
   } else {
-    CHECK_CALL(train_data_load(&t->d, e));
+    CHECK_CALL(train_data_load(&t->d, e, 1));
   }
   if (e->data.k_per_class > 0 && t->c->rank == 0 && e->out_dir[0])
     CHECK_CALL(write_train_ids(e->out_dir, &t->d.train));
   CHECK_CALL(nn_tf_check(e->data.tf, e->data.ntf, &t->d.train));
   CHECK_CALL(nn_tf_check(e->data.aug, e->data.naug, &t->d.train));
   snprintf(t->prov[0].name, sizeof t->prov[0].name, "train:%.200s", t->d.train.source);
-  t->prov[0].digest = nn_data_digest(&t->d.train);
   snprintf(t->prov[1].name, sizeof t->prov[1].name, "test:%.200s", t->d.test.source);
-  t->prov[1].digest = nn_data_digest(&t->d.test);
   int nclasses = t->d.nclasses;
   nn_shape shape = t->d.train.shape;
   int spatial = t->d.train.spatial;
-  CHECK_CALL(setup_data(t));
+  CHECK_CALL(setup_rows(t));
   CHECK_CALL(setup_task_data(t));
   nn_model_spec spec = e->model;
   if (e->preset[0]) CHECK_CALL(nn_model_preset(&spec, e->preset, "main", nclasses));

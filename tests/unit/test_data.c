@@ -155,6 +155,104 @@ static void test_idx_roundtrip(void) {
   nn_data_free(&ds);
 }
 
+/* Views (nn_data_read_idx_labels + nn_data_fill_idx) give exactly the rows,
+ * pixels and digests that reading the whole file and subsetting gives, in any
+ * row order, across read blocks, with a row limit; a bad file leaves the
+ * views pending. */
+static void test_idx_views(void) {
+  char img[256], lab[256];
+  snprintf(img, sizeof img, "%s", tpath("v-img.gz"));
+  snprintf(lab, sizeof lab, "%s", tpath("v-lab.gz"));
+  /* 3000 images of 40x40: 1600 bytes each, more than one read block. */
+  const uint32_t n = 3000, r = 40, c = 40;
+  write_pair(img, lab, 1, n, r, c, 6);
+  for (int limit = 0; limit <= 1000; limit += 1000) {
+    nn_dataset whole, view;
+    CHECK(nn_data_read_idx(&whole, img, lab, limit) == 0);
+    CHECK_MSG(nn_data_read_idx_labels(&view, img, lab, limit) == 0, "%s", ferry_err_msg());
+    CHECK(view.pending && view.u8 == NULL && view.n == whole.n && view.nclasses == whole.nclasses);
+    CHECK(view.shape.h == (int)r && view.shape.w == (int)c && view.spatial == 1);
+    CHECK(memcmp(view.labels, whole.labels, (size_t)whole.n * sizeof *whole.labels) == 0);
+    /* The same subsets of both: classes, split, K per class, then a
+     * scattered gather (the rows one rank keeps). */
+    const int cls[3] = {4, 1, 2};
+    nn_dataset w[5], v[5];
+    memset(w, 0, sizeof w);
+    memset(v, 0, sizeof v);
+    CHECK(nn_data_subset_classes(&w[0], &whole, cls, 3) == 0);
+    CHECK(nn_data_subset_classes(&v[0], &view, cls, 3) == 0 && v[0].pending);
+    CHECK(nn_data_split(&w[1], &w[2], &w[0], 0.1, 7) == 0);
+    CHECK(nn_data_split(&v[1], &v[2], &v[0], 0.1, 7) == 0);
+    CHECK(nn_data_k_per_class(&w[3], &w[1], 20, 9) == 0);
+    CHECK(nn_data_k_per_class(&v[3], &v[1], 20, 9) == 0);
+    int64_t pick[40];
+    for (int i = 0; i < 40; i++) pick[i] = (int64_t)((i * 37) % 60);
+    CHECK(nn_data_gather(&w[4], &w[3], pick, 40) == 0);
+    CHECK(nn_data_gather(&v[4], &v[3], pick, 40) == 0);
+    nn_dataset *fill[3] = {&v[4], &v[2], &v[1]};
+    uint64_t *hash = NULL;
+    int64_t nrows = 0;
+    CHECK_MSG(nn_data_fill_idx(fill, 3, img, limit, &hash, &nrows) == 0, "%s", ferry_err_msg());
+    CHECK(hash && nrows == whole.n);
+    for (int k = 1; k < 5; k++) {
+      if (k == 3) continue; /* not filled: still a view */
+      const size_t numel = (size_t)r * c;
+      CHECK(!v[k].pending && v[k].n == w[k].n);
+      CHECK(memcmp(v[k].ids, w[k].ids, (size_t)w[k].n * sizeof *w[k].ids) == 0);
+      CHECK(memcmp(v[k].labels, w[k].labels, (size_t)w[k].n * sizeof *w[k].labels) == 0);
+      CHECK_MSG(memcmp(v[k].u8, w[k].u8, (size_t)w[k].n * numel) == 0, "view %d pixels", k);
+      CHECK(nn_data_digest(&v[k]) == nn_data_digest(&w[k]));
+    }
+    CHECK(v[3].pending && v[3].u8 == NULL);
+    /* The digest of a selection nobody filled, from the row hashes. */
+    CHECK(nn_data_digest_view(&v[3], hash, nrows) == nn_data_digest(&w[3]));
+    CHECK(nn_data_digest_view(&v[0], hash, nrows) == nn_data_digest(&w[0]));
+    CHECK(nn_data_digest_view(&view, hash, nrows) == nn_data_digest(&whole));
+    CHECK(nn_data_digest_view(&v[3], hash, nrows) != nn_data_digest(&w[1]));
+    free(hash);
+    for (int k = 0; k < 5; k++) nn_data_free(&w[k]), nn_data_free(&v[k]);
+    nn_data_free(&whole);
+    nn_data_free(&view);
+  }
+  /* Bad files at fill time: the views stay pending, nothing is held. */
+  nn_dataset view, dup;
+  CHECK(nn_data_read_idx_labels(&view, img, lab, 0) == 0);
+  int64_t twice[2] = {5, 5};
+  CHECK(nn_data_gather(&dup, &view, twice, 2) == 0);
+  nn_dataset *one = &dup;
+  ferry_err_clear();
+  CHECK(nn_data_fill_idx(&one, 1, img, 0, NULL, NULL) == FERRY_ERUNTIME);
+  CHECK(strstr(ferry_err_msg(), "twice") != NULL && dup.pending && dup.u8 == NULL);
+  unsigned char *bytes;
+  size_t len = read_file(img, &bytes);
+  const char *cut = tpath("v-cut.gz");
+  write_file(cut, 0, bytes, len / 2);
+  one = &view;
+  ferry_err_clear();
+  CHECK(nn_data_fill_idx(&one, 1, cut, 0, NULL, NULL) == FERRY_EUSER);
+  CHECK_MSG(strstr(ferry_err_msg(), "truncated: expected 4800000 image bytes") != NULL, "%s",
+            ferry_err_msg());
+  CHECK(view.pending && view.u8 == NULL);
+  bytes[len - 6] ^= 0x55; /* the gzip trailer: needs reading to the end */
+  write_file(cut, 0, bytes, len);
+  ferry_err_clear();
+  CHECK(nn_data_fill_idx(&one, 1, cut, 0, NULL, NULL) == FERRY_EUSER && view.pending);
+  free(bytes);
+  /* The file changed between the labels and the pixels. */
+  const char *other = tpath("v-other.gz"), *olab = tpath("v-olab.gz");
+  write_pair(other, olab, 1, n, r, c + 1, 6);
+  ferry_err_clear();
+  CHECK(nn_data_fill_idx(&one, 1, other, 0, NULL, NULL) == FERRY_EUSER);
+  CHECK_MSG(strstr(ferry_err_msg(), "did the file change") != NULL, "%s", ferry_err_msg());
+  write_pair(other, olab, 1, 100, r, c, 6);
+  ferry_err_clear();
+  CHECK(nn_data_fill_idx(&one, 1, other, 0, NULL, NULL) == FERRY_EUSER && view.pending);
+  CHECK_MSG(strstr(ferry_err_msg(), "did it change") != NULL, "%s", ferry_err_msg());
+  ferry_err_clear();
+  nn_data_free(&dup);
+  nn_data_free(&view);
+}
+
 static void test_idx_errors(void) {
   char img[256], lab[256]; /* tpath() reuses its buffers: keep copies */
   snprintf(img, sizeof img, "%s", tpath("e-img.gz"));
@@ -960,6 +1058,7 @@ int main(void) {
   }
   test_idx_roundtrip();
   test_idx_errors();
+  test_idx_views();
   test_fashion_mnist();
   test_csv();
   test_subsets();
