@@ -37,7 +37,6 @@ F=$SRC/examples/mlp-fmnist.yaml
 # Long enough (1,500 steps, a few seconds) to be interrupted twice mid-run.
 LONG=(--set train.epochs=40 --set train.steps=1500 --set train.deterministic=true
       --set train.log_every=1 --set "data.train=$TRAIN" --set "data.test=$TEST")
-hash() { grep -o '"param_hash": "[0-9a-f]*"' "$1/summary.json" 2>/dev/null; }
 # submit SBATCH-ARGS... : job id on stdout.
 submit() { sbatch --parsable "$@" | cut -d';' -f1; }
 # The last step logged in a run directory (0 if none yet).
@@ -64,7 +63,7 @@ single=$(submit "$C/train-single-node.sbatch" "$F" "${LONG[@]}")
 out=$(cat ferry-train-"$single".out 2>&1)
 grep -qE "2 ranks on 1 host .*transport shared memory" <<<"$out" && ok || bad "no layout line: $out"
 grep -q "^finished: .*summary.json" <<<"$out" && ok || bad "single-node job did not finish: $out"
-ref=$(hash "$FERRY_RUNS/ferry-train-$single")
+ref=$(param_hash "$FERRY_RUNS/ferry-train-$single")
 [ -n "$ref" ] && ok || bad "single-node job wrote no summary.json: $out"
 echo "single-node job $single: $(grep -m1 '^ferry ' <<<"$out" | cut -c1-150)... $ref"
 
@@ -132,6 +131,6 @@ grep -q "checkpointed before the time limit (exit 3): requeueing" <<<"$out" && o
 [ "$(grep -c 'resume: .*ckpt-[0-9]*.ferry (step' <<<"$out")" = 2 ] && ok || bad "want 2 resumes from checkpoints: $out"
 steps=$(grep -o 'stopped by a signal after step [0-9]*' <<<"$out" | grep -o '[0-9]*$' | tr '\n' ' ')
 grep -E '^=== start|^resume:|^checkpointed|^finished' <<<"$out" | sed "s|$TMP/||g"
-echo "preemptible job: $(hash "$run") (uninterrupted: $ref); stopped after steps ${steps:-none} (signals sent at logged steps $s1, $s2), 1500 in all"
-[ "$(hash "$run")" = "$ref" ] && ok || bad "requeued run differs from the uninterrupted one: $(hash "$run") vs $ref: $out"
+echo "preemptible job: $(param_hash "$run") (uninterrupted: $ref); stopped after steps ${steps:-none} (signals sent at logged steps $s1, $s2), 1500 in all"
+[ "$(param_hash "$run")" = "$ref" ] && ok || bad "requeued run differs from the uninterrupted one: $(param_hash "$run") vs $ref: $out"
 finish

@@ -33,6 +33,5 @@ if command -v mpirun >/dev/null; then
 fi
 # Same seed, same result: two 1-rank runs agree bit for bit.
 expect 0 "test_acc" -- "$FERRY" train "$F" --out "$TMP/r1b" "${common[@]}"
-h1=$(grep param_hash "$TMP/r1/summary.json"); h2=$(grep param_hash "$TMP/r1b/summary.json")
-[ -n "$h1" ] && [ "$h1" = "$h2" ] && ok || bad "same seed gave different parameters: $h1 vs $h2"
+same_params "$TMP/r1" "$TMP/r1b" "same seed, two runs"
 finish

@@ -68,10 +68,9 @@ expect 0 "pre-training 2/2: seed 1" -- "$FERRY" train "$TMP/exp.yaml" --out "$P"
   --set transfer.pretrain_per_seed=true --set "$T59"
 [ "$(grep -c '"status": "ok"' "$P/results.jsonl")" = 6 ] && ok || bad "per-seed pipeline: want 6 finished jobs"
 [ ! -e "$P/pretrain" ] && ok || bad "per-seed pipeline wrote a shared pretrain/"
-ph() { grep -o '"param_hash": "[0-9a-f]*"' "$1/summary.json"; }
 # seed 0's pre-training is the shared one of the first run (same seed, same data)
-[ "$(ph "$P/pretrain.s0")" = "$(ph "$R/pretrain")" ] && ok || bad "pretrain.s0 differs from the seed-0 shared pre-training"
-[ -n "$(ph "$P/pretrain.s1")" ] && [ "$(ph "$P/pretrain.s1")" != "$(ph "$P/pretrain.s0")" ] && ok ||
+same_params "$P/pretrain.s0" "$R/pretrain" "pretrain.s0 vs the seed-0 shared pre-training"
+[ -n "$(param_hash "$P/pretrain.s1")" ] && [ "$(param_hash "$P/pretrain.s1")" != "$(param_hash "$P/pretrain.s0")" ] && ok ||
   bad "pretrain.s1 is not a second pre-training"
 for s in 0 1; do
   [ "$(th "$P/jobs/t59.feature-extract.k20.s$s")" = "$(th "$P/pretrain.s$s")" ] && ok ||
@@ -91,7 +90,7 @@ if { FERRY_FAULT=0:kill@30 "$FERRY" train "$TMP/exp.yaml" --out "$K" --progress 
 expect 0 "report: " -- "$FERRY" train "$TMP/exp.yaml" --out "$K" --progress plain --resume \
   --set transfer.pretrain_per_seed=true --set "$T59"
 for s in 0 1; do
-  [ "$(ph "$K/pretrain.s$s")" = "$(ph "$P/pretrain.s$s")" ] && ok || bad "resumed pretrain.s$s differs from the uninterrupted one"
+  same_params "$K/pretrain.s$s" "$P/pretrain.s$s" "resumed pretrain.s$s vs the uninterrupted one"
 done
 [ "$(grep -c '"status": "ok"' "$K/results.jsonl")" = 6 ] && ok || bad "resumed per-seed pipeline: want 6 finished jobs"
 expect 2 "one per seed" -- "$FERRY" train "$TMP/exp.yaml" --out "$TMP/bad" --progress plain \
