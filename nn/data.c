@@ -301,7 +301,7 @@ static int read_idx(nn_dataset *ds, const char *images, const char *labels, int6
   }
   snprintf(ds->source, sizeof ds->source, "%s%s%s", images, labels && labels[0] ? "," : "",
            labels && labels[0] ? labels : "");
-  ds->pending = header_only;
+  ds->pending = header_only ? NN_PENDING_U8 : 0;
   return 0;
 }
 
@@ -315,34 +315,44 @@ int nn_data_read_idx_labels(nn_dataset *ds, const char *images, const char *labe
 }
 
 static uint64_t row_digest_u8(const uint8_t *p, size_t numel);
+static uint64_t row_digest_f32(const float *p, size_t numel);
 
-/* Where each view wants file row r: pos[k][r] = its row, or -1. */
-static int fill_plan(nn_dataset *const *dst, int nd, const int64_t d[3], int64_t keep,
-                     const char *path, int64_t **pos) {
-  const size_t numel = (size_t)(d[1] * d[2]);
+/* Where each view wants file row r: pos[k][r] = its row, or -1, for r <
+ * nrows; allocates each view's pixels (u8 or f32, as it is pending). */
+static int fill_plan(nn_dataset *const *dst, int nd, int64_t nrows, size_t numel, const char *path,
+                     int64_t **pos) {
   for (int k = 0; k < nd; k++) {
     nn_dataset *v = dst[k];
-    CHECK_RT(v->pending && !v->u8 && !v->f32, "nn_data_fill_idx: '%s' is not a pending view",
-             v->source);
-    CHECK_USER(v->shape.c == 1 && v->shape.h == d[1] && v->shape.w == d[2],
-               "images file '%s': images are now %lldx%lld, were %dx%d when its labels were read "
-               "(did the file change?)",
-               path, (long long)d[1], (long long)d[2], v->shape.h, v->shape.w);
-    pos[k] = malloc((size_t)(keep ? keep : 1) * sizeof **pos);
-    v->u8 = xmalloc((size_t)v->n * numel);
-    CHECK_ALLOC(pos[k] && v->u8 ? v : NULL, (size_t)v->n * numel);
-    for (int64_t r = 0; r < keep; r++) pos[k][r] = -1;
+    CHECK_RT(v->pending && !v->u8 && !v->f32, "filling '%s': not a pending view", v->source);
+    pos[k] = malloc((size_t)(nrows ? nrows : 1) * sizeof **pos);
+    if (v->pending == NN_PENDING_F32)
+      v->f32 = xmalloc((size_t)v->n * numel * sizeof(float));
+    else
+      v->u8 = xmalloc((size_t)v->n * numel);
+    CHECK_ALLOC(pos[k] && (v->u8 || v->f32) ? v : NULL, (size_t)v->n * numel);
+    for (int64_t r = 0; r < nrows; r++) pos[k][r] = -1;
     for (int64_t i = 0; i < v->n; i++) {
       const int64_t r = v->ids[i];
-      CHECK_USER(r >= 0 && r < keep,
-                 "images file '%s': sample %lld wanted, the file now has %lld (did it change?)",
-                 path, (long long)r, (long long)keep);
-      CHECK_RT(pos[k][r] < 0, "nn_data_fill_idx: row %lld of '%s' twice in one view",
-               (long long)r, path);
+      CHECK_USER(r >= 0 && r < nrows,
+                 "data file '%s': sample %lld wanted, the file now has %lld (did it change?)",
+                 path, (long long)r, (long long)nrows);
+      CHECK_RT(pos[k][r] < 0, "filling from '%s': row %lld twice in one view", path,
+               (long long)r);
       pos[k][r] = i;
     }
   }
   return 0;
+}
+
+/* After a failed fill: the views are pending again and hold nothing. */
+static void fill_undo(nn_dataset *const *dst, int nd) {
+  for (int k = 0; k < nd; k++)
+    if (dst[k]->pending) {
+      free(dst[k]->u8);
+      free(dst[k]->f32);
+      dst[k]->u8 = NULL;
+      dst[k]->f32 = NULL;
+    }
 }
 
 int nn_data_fill_idx(nn_dataset *const *dst, int nd, const char *images, int64_t max_n,
@@ -365,7 +375,15 @@ int nn_data_fill_idx(nn_dataset *const *dst, int nd, const char *images, int64_t
   const int64_t keep = max_n > 0 && max_n < d[0] ? max_n : d[0];
   const size_t numel = (size_t)(d[1] * d[2]);
   const int64_t block = numel < READ_BLOCK / 16 ? (int64_t)(READ_BLOCK / 16 / numel) : 1;
-  if (rc == 0) rc = fill_plan(dst, nd, d, keep, images, pos);
+  for (int k = 0; rc == 0 && k < nd; k++)
+    if (dst[k]->shape.c != 1 || dst[k]->shape.h != d[1] || dst[k]->shape.w != d[2] ||
+        dst[k]->pending != NN_PENDING_U8)
+      rc = ferry_err_set(FERRY_EUSER, __FILE__, __LINE__, __func__,
+                         "images file '%s': images are now %lldx%lld, were %dx%d when its labels "
+                         "were read (did the file change?)",
+                         images, (long long)d[1], (long long)d[2], dst[k]->shape.h,
+                         dst[k]->shape.w);
+  if (rc == 0) rc = fill_plan(dst, nd, keep, numel, images, pos);
   if (rc == 0) {
     buf = malloc((size_t)block * numel);
     if (row_hash) hash = malloc((size_t)(keep ? keep : 1) * sizeof *hash);
@@ -399,11 +417,7 @@ int nn_data_fill_idx(nn_dataset *const *dst, int nd, const char *images, int64_t
   free(buf);
   if (rc) {
     free(hash);
-    for (int k = 0; k < nd; k++)
-      if (dst[k]->pending) {
-        free(dst[k]->u8);
-        dst[k]->u8 = NULL;
-      }
+    fill_undo(dst, nd);
     ferry_err_trace(__FILE__, __LINE__, __func__);
     return rc;
   }
@@ -416,48 +430,6 @@ int nn_data_fill_idx(nn_dataset *const *dst, int nd, const char *images, int64_t
 }
 
 /* ------------------------------------------------------------------ CSV -- */
-
-/* Inflates (or reads) a whole text file into a NUL-terminated buffer. */
-static int slurp(const char *path, const char *role, char **out, size_t *len) {
-  gzFile gz;
-  *out = NULL;
-  CHECK_CALL(open_gz(&gz, path, role));
-  size_t cap = (size_t)1 << 20, got = 0;
-  char *buf = NULL;
-  int rc = 0;
-  for (;;) {
-    char *nb = realloc(buf, cap + 1);
-    if (!nb) {
-      rc = ferry_err_set(FERRY_ERUNTIME, __FILE__, __LINE__, __func__,
-                         "%s '%s': out of memory reading %zu bytes", role, path, cap);
-      break;
-    }
-    buf = nb;
-    size_t r = 0;
-    rc = read_gz(gz, buf + got, cap - got, &r, role, path);
-    if (rc) break;
-    got += r;
-    if (got < cap) {
-      int zerr = Z_OK;
-      const char *m = gzerror(gz, &zerr);
-      if (zerr != Z_OK)
-        rc = ferry_err_set(FERRY_EUSER, __FILE__, __LINE__, __func__,
-                           "%s '%s': truncated or corrupt after %zu bytes: %s", role, path, got, m);
-      break;
-    }
-    cap *= 2;
-  }
-  gzclose(gz);
-  if (rc) {
-    free(buf);
-    ferry_err_trace(__FILE__, __LINE__, __func__);
-    return rc;
-  }
-  buf[got] = '\0';
-  *out = buf;
-  *len = got;
-  return 0;
-}
 
 static int is_blank(char ch) { return ch == ' ' || ch == '\t'; }
 
@@ -509,18 +481,6 @@ static int64_t count_fields(const char *b, const char *e) {
   return k;
 }
 
-/* Splits a text into lines in place: each '\n' (and a '\r' before it)
- * becomes '\0'. Returns the next line start, or NULL at the end. */
-static char *next_line(char *p, const char *end, char **line_end) {
-  if (p >= end) return NULL;
-  char *nl = memchr(p, '\n', (size_t)(end - p));
-  char *e = nl ? nl : (char *)end;
-  *e = '\0';
-  if (e > p && e[-1] == '\r') e[-1] = '\0', e--;
-  *line_end = e;
-  return nl ? nl + 1 : (char *)end;
-}
-
 static int line_is_blank(const char *b, const char *e) {
   while (b < e && is_blank(*b)) b++;
   return b == e;
@@ -552,18 +512,94 @@ static int csv_row(const char *path, long line, const char *b, const char *e, in
   return 0;
 }
 
-/* Parses the text of a CSV file (modified in place) into ds. */
-static int csv_parse(nn_dataset *ds, const char *path, char *text, size_t len, int img_h,
-                     int img_w) {
-  const char *end = text + len;
-  int64_t nlines = 1;
-  for (const char *p = text; (p = memchr(p, '\n', (size_t)(end - p))) != NULL; p++) nlines++;
+/* A gzip or plain text file, line by line through a buffer that grows to
+ * the longest line: the whole text is never held. */
+typedef struct {
+  gzFile gz;
+  const char *path;
+  char *buf;
+  size_t cap, beg, len; /* unread text: buf[beg, len); buf has cap + 1 bytes */
+  size_t before;        /* bytes of the file before buf[0] */
+  int eof;
+} csv_in;
 
-  int64_t nf = 0, cap = 0, n = 0; /* fields per row, row capacity, rows */
-  long line = 0, nf_line = 0;     /* current line; line that fixed nf */
-  int header = 0;
-  char *p = text, *le;
-  for (char *ln; (ln = p, p = next_line(p, end, &le)) != NULL;) {
+static void csv_close(csv_in *in) {
+  if (in->gz) gzclose(in->gz);
+  free(in->buf);
+  memset(in, 0, sizeof *in);
+}
+
+static int csv_open(csv_in *in, const char *path) {
+  memset(in, 0, sizeof *in);
+  in->path = path;
+  CHECK_CALL(open_gz(&in->gz, path, "CSV file"));
+  in->cap = (size_t)1 << 20;
+  in->buf = malloc(in->cap + 1);
+  if (!in->buf) {
+    csv_close(in);
+    FERRY_FAIL(FERRY_ERUNTIME, "CSV file '%s': out of memory for a read buffer", path);
+  }
+  return 0;
+}
+
+/* The next line [*b, *e), its '\n' (and a '\r' before it) replaced by '\0';
+ * *b = NULL after the last line. */
+static int csv_line(csv_in *in, char **b, char **e) {
+  for (;;) {
+    char *p = in->buf + in->beg;
+    char *nl = memchr(p, '\n', in->len - in->beg);
+    if (nl || (in->eof && in->beg < in->len)) {
+      char *end = nl ? nl : in->buf + in->len;
+      *end = '\0';
+      if (end > p && end[-1] == '\r') end[-1] = '\0', end--;
+      *b = p;
+      *e = end;
+      in->beg = nl ? (size_t)(nl - in->buf) + 1 : in->len;
+      return 0;
+    }
+    if (in->eof) {
+      *b = *e = NULL;
+      return 0;
+    }
+    if (in->beg > 0) {
+      memmove(in->buf, p, in->len - in->beg);
+      in->before += in->beg;
+      in->len -= in->beg;
+      in->beg = 0;
+    }
+    if (in->len == in->cap) {
+      char *nb = realloc(in->buf, 2 * in->cap + 1);
+      CHECK_RT(nb, "CSV file '%s': out of memory for a line of over %zu bytes", in->path, in->cap);
+      in->buf = nb;
+      in->cap *= 2;
+    }
+    size_t got = 0, want = in->cap - in->len;
+    CHECK_CALL(read_gz(in->gz, in->buf + in->len, want, &got, "CSV file", in->path));
+    in->len += got;
+    if (got < want) {
+      int zerr = Z_OK;
+      const char *m = gzerror(in->gz, &zerr);
+      CHECK_USER(zerr == Z_OK, "CSV file '%s': truncated or corrupt after %zu bytes: %s",
+                 in->path, in->before + in->len, m);
+      in->eof = 1;
+    }
+  }
+}
+
+/* Called for each data row (numbered from 0) with its label and d features. */
+typedef int (*csv_row_fn)(void *ctx, int64_t row, int32_t label, const float *feat, int64_t d);
+
+/* Reads a CSV file once, checking every row, and hands each data row to fn.
+ * *d = features per row, *n = data rows. */
+static int csv_scan(const char *path, csv_row_fn fn, void *ctx, int64_t *d, int64_t *n) {
+  csv_in in;
+  CHECK_CALL(csv_open(&in, path));
+  int64_t nf = 0, rows = 0;   /* fields per row, data rows */
+  long line = 0, nf_line = 0; /* current line; line that fixed nf */
+  int header = 0, rc = 0;
+  float *feat = NULL;
+  char *ln = NULL, *le = NULL;
+  while ((rc = csv_line(&in, &ln, &le)) == 0 && ln) {
     line++;
     if (line_is_blank(ln, le)) continue;
     int64_t k = count_fields(ln, le);
@@ -574,68 +610,207 @@ static int csv_parse(nn_dataset *ds, const char *path, char *text, size_t len, i
       float dummy;
       trim(&tb, &te);
       header = tb < te && parse_float(tb, te, &dummy) != 0;
-      CHECK_USER(k >= 2,
-                 "CSV file '%s', line %ld: found %lld field, expected a label and at least one "
-                 "feature (label,f1,...,fd)",
-                 path, line, (long long)k);
+      if (k < 2) {
+        rc = ferry_err_set(FERRY_EUSER, __FILE__, __LINE__, __func__,
+                           "CSV file '%s', line %ld: found %lld field, expected a label and at "
+                           "least one feature (label,f1,...,fd)",
+                           path, line, (long long)k);
+        break;
+      }
       nf = k;
       nf_line = line;
-      /* A data row of nf fields is at least nf bytes long with its newline. */
-      cap = nlines < (int64_t)(len / (size_t)nf) + 1 ? nlines : (int64_t)(len / (size_t)nf) + 1;
-      ds->f32 = xmalloc((size_t)cap * (size_t)(nf - 1) * sizeof(float));
-      ds->labels = xmalloc((size_t)cap * sizeof(int32_t));
-      CHECK_ALLOC(ds->f32, (size_t)cap * (size_t)(nf - 1) * sizeof(float));
-      CHECK_ALLOC(ds->labels, (size_t)cap * sizeof(int32_t));
+      feat = malloc((size_t)(nf - 1) * sizeof *feat);
+      if (!feat) {
+        rc = ferry_err_set(FERRY_ERUNTIME, __FILE__, __LINE__, __func__,
+                           "CSV file '%s': out of memory for a row of %lld fields", path,
+                           (long long)nf);
+        break;
+      }
       if (header) continue;
     }
-    CHECK_USER(k == nf, "CSV file '%s', line %ld: found %lld fields, expected %lld (as on line %ld%s)",
-               path, line, (long long)k, (long long)nf, nf_line, header ? ", the header" : "");
-    CHECK_RT(n < cap, "CSV file '%s': more rows than lines (internal)", path);
-    CHECK_CALL(csv_row(path, line, ln, le, nf, &ds->labels[n], ds->f32 + (size_t)n * (size_t)(nf - 1)));
-    n++;
+    if (k != nf) {
+      rc = ferry_err_set(FERRY_EUSER, __FILE__, __LINE__, __func__,
+                         "CSV file '%s', line %ld: found %lld fields, expected %lld (as on line "
+                         "%ld%s)",
+                         path, line, (long long)k, (long long)nf, nf_line,
+                         header ? ", the header" : "");
+      break;
+    }
+    int32_t label = -1;
+    if ((rc = csv_row(path, line, ln, le, nf, &label, feat))) break;
+    if ((rc = fn(ctx, rows, label, feat, nf - 1))) break;
+    rows++;
   }
-  CHECK_USER(n > 0, "CSV file '%s': no data rows, expected lines of label,f1,...,fd", path);
+  if (rc == 0 && rows == 0)
+    rc = ferry_err_set(FERRY_EUSER, __FILE__, __LINE__, __func__,
+                       "CSV file '%s': no data rows, expected lines of label,f1,...,fd", path);
+  csv_close(&in);
+  free(feat);
+  if (rc) {
+    ferry_err_trace(__FILE__, __LINE__, __func__);
+    return rc;
+  }
+  *d = nf - 1;
+  *n = rows;
+  return 0;
+}
 
-  const int64_t d = nf - 1;
+/* csv_scan's sink for a whole read (features kept) or a view (labels only). */
+typedef struct {
+  nn_dataset *ds;
+  int64_t cap;
+  int features;
+} csv_keep;
+
+static int csv_keep_row(void *ctx, int64_t row, int32_t label, const float *feat, int64_t d) {
+  csv_keep *k = ctx;
+  nn_dataset *ds = k->ds;
+  if (row == k->cap) {
+    int64_t cap = k->cap ? 2 * k->cap : 1024;
+    int32_t *l = realloc(ds->labels, (size_t)cap * sizeof *l);
+    if (l) ds->labels = l;
+    float *f = k->features ? realloc(ds->f32, (size_t)cap * (size_t)d * sizeof *f) : NULL;
+    if (f) ds->f32 = f;
+    CHECK_RT(l && (f || !k->features), "CSV file: out of memory for %lld rows of %lld features",
+             (long long)cap, (long long)d);
+    k->cap = cap;
+  }
+  ds->labels[row] = label;
+  if (k->features) memcpy(ds->f32 + (size_t)row * (size_t)d, feat, (size_t)d * sizeof *feat);
+  return 0;
+}
+
+static int read_csv(nn_dataset *ds, const char *path, int img_h, int img_w, int features) {
+  memset(ds, 0, sizeof *ds);
+  csv_keep k = {.ds = ds, .features = features};
+  int64_t d = 0, n = 0;
+  int rc = csv_scan(path, csv_keep_row, &k, &d, &n);
+  if (rc == 0 && !(img_h > 0 && img_w > 0 && (int64_t)img_h * img_w == d) && d > INT_MAX)
+    rc = ferry_err_set(FERRY_EUSER, __FILE__, __LINE__, __func__,
+                       "CSV file '%s': %lld features, expected at most %d", path, (long long)d,
+                       INT_MAX);
+  if (rc == 0) {
+    ds->ids = xmalloc((size_t)n * sizeof *ds->ids);
+    if (!ds->ids)
+      rc = ferry_err_set(FERRY_ERUNTIME, __FILE__, __LINE__, __func__,
+                         "CSV file '%s': out of memory for %lld rows", path, (long long)n);
+  }
+  if (rc) {
+    nn_data_free(ds);
+    ferry_err_trace(__FILE__, __LINE__, __func__);
+    return rc;
+  }
   ds->n = n;
   if (img_h > 0 && img_w > 0 && (int64_t)img_h * img_w == d) {
     ds->shape = (nn_shape){1, img_h, img_w};
     ds->spatial = 1;
   } else {
-    CHECK_USER(d <= INT_MAX, "CSV file '%s': %lld features, expected at most %d", path,
-               (long long)d, INT_MAX);
     ds->shape = (nn_shape){(int)d, 1, 1};
     ds->spatial = 0;
   }
-  ds->ids = xmalloc((size_t)n * sizeof *ds->ids);
-  CHECK_ALLOC(ds->ids, (size_t)n * sizeof *ds->ids);
   int32_t maxl = -1;
   for (int64_t i = 0; i < n; i++) {
     ds->ids[i] = i;
     if (ds->labels[i] > maxl) maxl = ds->labels[i];
   }
   ds->nclasses = maxl + 1;
-  /* Give back the rows reserved for blank lines and the header. */
-  float *f = realloc(ds->f32, (size_t)n * (size_t)d * sizeof(float));
-  if (f) ds->f32 = f;
+  /* Give back the rows reserved by the last doubling. */
+  if (features) {
+    float *f = realloc(ds->f32, (size_t)n * (size_t)d * sizeof(float));
+    if (f) ds->f32 = f;
+  }
   int32_t *l = realloc(ds->labels, (size_t)n * sizeof(int32_t));
   if (l) ds->labels = l;
+  snprintf(ds->source, sizeof ds->source, "%s", path);
+  ds->pending = features ? 0 : NN_PENDING_F32;
   return 0;
 }
 
 int nn_data_read_csv(nn_dataset *ds, const char *path, int img_h, int img_w) {
-  memset(ds, 0, sizeof *ds);
-  char *text = NULL;
-  size_t len = 0;
-  CHECK_CALL(slurp(path, "CSV file", &text, &len));
-  int rc = csv_parse(ds, path, text, len, img_h, img_w);
-  free(text);
+  return read_csv(ds, path, img_h, img_w, 1);
+}
+
+int nn_data_read_csv_labels(nn_dataset *ds, const char *path, int img_h, int img_w) {
+  return read_csv(ds, path, img_h, img_w, 0);
+}
+
+/* csv_scan's sink for nn_data_fill_csv. */
+typedef struct {
+  nn_dataset *const *dst;
+  int nd;
+  int64_t **pos, npos; /* pos[k][row] for row < npos */
+  size_t numel;
+  uint64_t *hash;
+  int64_t hcap;
+  const char *path;
+} csv_fill;
+
+static int csv_fill_row(void *ctx, int64_t row, int32_t label, const float *feat, int64_t d) {
+  csv_fill *f = ctx;
+  (void)label;
+  CHECK_USER((size_t)d == f->numel,
+             "CSV file '%s': rows now have %lld features, had %zu when its labels were read (did "
+             "the file change?)",
+             f->path, (long long)d, f->numel);
+  if (f->hcap >= 0) {
+    if (row == f->hcap) {
+      int64_t cap = f->hcap ? 2 * f->hcap : 1024;
+      uint64_t *h = realloc(f->hash, (size_t)cap * sizeof *h);
+      CHECK_ALLOC(h, (size_t)cap * sizeof *h);
+      f->hash = h;
+      f->hcap = cap;
+    }
+    f->hash[row] = row_digest_f32(feat, f->numel);
+  }
+  for (int k = 0; row < f->npos && k < f->nd; k++) {
+    const int64_t p = f->pos[k][row];
+    if (p >= 0) memcpy(f->dst[k]->f32 + (size_t)p * f->numel, feat, f->numel * sizeof *feat);
+  }
+  return 0;
+}
+
+int nn_data_fill_csv(nn_dataset *const *dst, int nd, const char *path, uint64_t **row_hash,
+                     int64_t *nrows) {
+  if (row_hash) *row_hash = NULL;
+  if (nrows) *nrows = 0;
+  csv_fill f = {.dst = dst, .nd = nd, .path = path, .hcap = row_hash ? 0 : -1};
+  f.pos = calloc((size_t)(nd > 0 ? nd : 1), sizeof *f.pos);
+  CHECK_ALLOC(f.pos, (size_t)nd * sizeof *f.pos);
+  int rc = 0;
+  for (int k = 0; k < nd; k++) {
+    if (k > 0 && nn_shape_numel(dst[k]->shape) != nn_shape_numel(dst[0]->shape))
+      rc = ferry_err_set(FERRY_ERUNTIME, __FILE__, __LINE__, __func__,
+                         "nn_data_fill_csv: views of '%s' with different shapes", path);
+    if (dst[k]->pending != NN_PENDING_F32)
+      rc = ferry_err_set(FERRY_ERUNTIME, __FILE__, __LINE__, __func__,
+                         "nn_data_fill_csv: '%s' is not a pending CSV view", dst[k]->source);
+    for (int64_t i = 0; i < dst[k]->n; i++)
+      if (dst[k]->ids[i] >= f.npos) f.npos = dst[k]->ids[i] + 1;
+  }
+  f.numel = nd > 0 ? nn_shape_numel(dst[0]->shape) : 0;
+  if (rc == 0) rc = fill_plan(dst, nd, f.npos, f.numel, path, f.pos);
+  int64_t d = 0, n = 0;
+  if (rc == 0 && nd > 0) rc = csv_scan(path, csv_fill_row, &f, &d, &n);
+  if (rc == 0 && f.npos > n)
+    rc = ferry_err_set(FERRY_EUSER, __FILE__, __LINE__, __func__,
+                       "CSV file '%s': sample %lld wanted, the file now has %lld rows (did it "
+                       "change?)",
+                       path, (long long)f.npos - 1, (long long)n);
+  for (int k = 0; k < nd; k++) free(f.pos[k]);
+  free(f.pos);
   if (rc) {
-    nn_data_free(ds);
+    free(f.hash);
+    fill_undo(dst, nd);
     ferry_err_trace(__FILE__, __LINE__, __func__);
     return rc;
   }
-  snprintf(ds->source, sizeof ds->source, "%s", path);
+  for (int k = 0; k < nd; k++) dst[k]->pending = 0;
+  if (row_hash) {
+    *row_hash = f.hash;
+    *nrows = n;
+  } else {
+    free(f.hash);
+  }
   return 0;
 }
 
@@ -949,7 +1124,7 @@ uint64_t nn_data_digest(const nn_dataset *ds) {
 }
 
 uint64_t nn_data_digest_view(const nn_dataset *view, const uint64_t *row_hash, int64_t nrows) {
-  uint64_t h = digest_head(view->n, view->shape, 1u);
+  uint64_t h = digest_head(view->n, view->shape, view->pending == NN_PENDING_F32 ? 2u : 1u);
   for (int64_t i = 0; i < view->n; i++) {
     const int64_t r = view->ids[i];
     h = dig_step(h, r >= 0 && r < nrows ? row_hash[r] : 0);

@@ -21,10 +21,13 @@ typedef struct {
   int32_t *labels;      /* [n]; -1 = unlabelled */
   int64_t *ids;         /* [n] stable sample ids (index in the source file) */
   int nclasses;         /* 1 + largest label */
-  int pending;          /* 1: a view whose pixels are not read yet (u8 NULL);
-                           nn_data_fill_idx reads them */
+  int pending;          /* a view whose samples are not read yet (u8 and f32
+                           NULL): NN_PENDING_U8 (IDX, nn_data_fill_idx reads
+                           them) or NN_PENDING_F32 (CSV, nn_data_fill_csv) */
   char source[256];     /* file(s) it came from, for messages */
 } nn_dataset;
+
+enum { NN_PENDING_U8 = 1, NN_PENDING_F32 = 2 };
 
 /* Reads an IDX image file (magic 0x00000803, uint8, n x rows x cols; gzip or
  * plain, detected by zlib) and its label file (0x00000801). Validates magic,
@@ -54,6 +57,14 @@ int nn_data_fill_idx(nn_dataset *const *dst, int nd, const char *images, int64_t
  * errors name the file and line. Empty label field = unlabelled (-1). If
  * img_h * img_w == d (both > 0) the samples are treated as 1-channel images. */
 int nn_data_read_csv(nn_dataset *ds, const char *path, int img_h, int img_w);
+/* The same as a view (labels, sizes; the features are not kept): the file
+ * is read and checked whole, line by line, and nn_data_fill_csv reads it
+ * again for the rows the views kept. Neither holds the file's text. */
+int nn_data_read_csv_labels(nn_dataset *ds, const char *path, int img_h, int img_w);
+/* nn_data_fill_idx for CSV views (their features, by ids). row_hash: one
+ * hash per data row of the file, for nn_data_digest_view. */
+int nn_data_fill_csv(nn_dataset *const *dst, int nd, const char *path, uint64_t **row_hash,
+                     int64_t *nrows);
 void nn_data_free(nn_dataset *ds);
 
 /* New dataset of the rows idx[0..n) of src (copies samples). */
@@ -72,8 +83,8 @@ int nn_data_split(nn_dataset *train, nn_dataset *val, const nn_dataset *src, dou
                   uint64_t seed);
 /* Digest (64-bit FNV/mix) of the samples and labels, for provenance. */
 uint64_t nn_data_digest(const nn_dataset *ds);
-/* nn_data_digest of what a view of an IDX file holds once filled, from the
- * file's row hashes (nn_data_fill_idx), without its pixels. */
+/* nn_data_digest of what a view holds once filled, from its file's row
+ * hashes (nn_data_fill_idx, nn_data_fill_csv), without its samples. */
 uint64_t nn_data_digest_view(const nn_dataset *view, const uint64_t *row_hash, int64_t nrows);
 
 typedef enum {

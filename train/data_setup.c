@@ -35,13 +35,18 @@ static int same_source(const exp_source *a, const exp_source *b) {
 
 static int read_file(nn_dataset *ds, const exp_source *s, const char *what);
 
-/* views: an IDX source is read as a view (labels now, pixels at
+/* views: the source is read as a view (labels now, samples at
  * train_data_fill) unless the cache is on, which wants the whole file. */
 static int read_source(nn_dataset *ds, const exp_source *s, const char *what, int views) {
-  if (views && !cache_on && s->format == EXP_SRC_IDX) {
-    int rc = nn_data_read_idx_labels(ds, s->images, s->labels, s->limit);
-    if (rc) ferry_err_trace(__FILE__, __LINE__, what);
-    return rc;
+  if (views && !cache_on) {
+    int rc = s->format == EXP_SRC_IDX ? nn_data_read_idx_labels(ds, s->images, s->labels, s->limit)
+                                      : nn_data_read_csv_labels(ds, s->path, s->img_h, s->img_w);
+    if (rc) {
+      ferry_err_trace(__FILE__, __LINE__, what);
+      return rc;
+    }
+    if (s->format == EXP_SRC_CSV && s->limit > 0 && ds->n > s->limit) ds->n = s->limit;
+    return 0;
   }
   if (!cache_on) return read_file(ds, s, what);
   for (int i = 0; i < CACHE_MAX; i++)
@@ -135,36 +140,34 @@ fail:
   return rc;
 }
 
+/* Fills the views v[0..nv) of source src in one pass; *digest (if wanted)
+ * of the view `all` of the same file. */
+static int fill_source(nn_dataset *const *v, int nv, const exp_source *src, const char *what,
+                       const nn_dataset *all, uint64_t *digest) {
+  const int want = all && digest;
+  uint64_t *hash = NULL;
+  int64_t nrows = 0;
+  int rc = src->format == EXP_SRC_IDX
+               ? nn_data_fill_idx(v, nv, src->images, src->limit, want ? &hash : NULL, &nrows)
+               : nn_data_fill_csv(v, nv, src->path, want ? &hash : NULL, &nrows);
+  if (rc) {
+    ferry_err_trace(__FILE__, __LINE__, what);
+    return rc;
+  }
+  if (want) *digest = nn_data_digest_view(all, hash, nrows);
+  free(hash);
+  return 0;
+}
+
 int train_data_fill(train_data *d, const exp_data *x, const nn_dataset *all_train,
                     const nn_dataset *all_test, uint64_t *train_digest, uint64_t *test_digest) {
   nn_dataset *v[2];
   int nv = 0;
-  uint64_t *hash = NULL;
-  int64_t nrows = 0;
   if (d->train.pending) v[nv++] = &d->train;
   if (d->val.pending) v[nv++] = &d->val;
-  if (nv) {
-    int want = all_train && train_digest;
-    int rc = nn_data_fill_idx(v, nv, x->train.images, x->train.limit, want ? &hash : NULL, &nrows);
-    if (rc) {
-      ferry_err_trace(__FILE__, __LINE__, "data.train");
-      return rc;
-    }
-    if (want) *train_digest = nn_data_digest_view(all_train, hash, nrows);
-    free(hash);
-    hash = NULL;
-  }
-  if (d->test.pending) {
-    int want = all_test && test_digest;
-    nn_dataset *t = &d->test;
-    int rc = nn_data_fill_idx(&t, 1, x->test.images, x->test.limit, want ? &hash : NULL, &nrows);
-    if (rc) {
-      ferry_err_trace(__FILE__, __LINE__, "data.test");
-      return rc;
-    }
-    if (want) *test_digest = nn_data_digest_view(all_test, hash, nrows);
-    free(hash);
-  }
+  if (nv) CHECK_CALL(fill_source(v, nv, &x->train, "data.train", all_train, train_digest));
+  nn_dataset *t = &d->test;
+  if (t->pending) CHECK_CALL(fill_source(&t, 1, &x->test, "data.test", all_test, test_digest));
   return 0;
 }
 

@@ -78,10 +78,10 @@ int train_run(const exp_experiment *e, const dist_comm *c, const train_hooks *h,
 
 /* The data splits an experiment describes (train, val, test), after class
  * subset, K per class and split. val may be empty (n = 0). Not collective.
- * views = 1: IDX files are read as views (nn/data.h): labels and sizes now,
- * so the caller can drop the rows it will not use before any pixel is held;
- * train_data_fill then reads the pixels of the rows left. CSV sources, and
- * every source while the cache is on, load whole either way. */
+ * views = 1: the files are read as views (nn/data.h): labels and sizes now,
+ * so the caller can drop the rows it will not use before any sample is held;
+ * train_data_fill then reads the samples of the rows left. While the cache
+ * is on, sources load whole either way. */
 typedef struct {
   nn_dataset train, val, test;
   int nclasses;

@@ -552,6 +552,101 @@ static void test_csv(void) {
   EXPECT_FAIL(nn_data_read_csv(&bad_, p, 0, 0), FERRY_EUSER, p);
 }
 
+/* CSV read line by line: rows straddling read blocks, a line longer than the
+ * first buffer, and views giving what the whole read gives. */
+static void test_csv_views(void) {
+  /* 30000 rows of "label,a,b,c" (with a header, a blank line, CRLF on some
+   * rows), about 0.6 MB per 10,000 rows, so lines cross the 1 MiB blocks. */
+  const int n = 30000;
+  size_t cap = (size_t)n * 40 + 64, len = 0;
+  char *txt = malloc(cap);
+  len += (size_t)snprintf(txt + len, cap - len, "label,a,b,c\n\n");
+  for (int i = 0; i < n; i++)
+    len += (size_t)snprintf(txt + len, cap - len, "%d,%d,%d.5,-%d%s", i % 7, i, i % 100, i % 3,
+                            i % 5 ? "\n" : "\r\n");
+  for (int gz = 0; gz < 2; gz++) {
+    const char *p = tpath(gz ? "v.csv.gz" : "v.csv");
+    write_file(p, gz, txt, len);
+    nn_dataset whole, view;
+    CHECK_MSG(nn_data_read_csv(&whole, p, 0, 0) == 0, "%s", ferry_err_msg());
+    CHECK(whole.n == n && whole.shape.c == 3 && whole.nclasses == 7);
+    int bad = 0;
+    for (int i = 0; i < n; i++)
+      bad += whole.labels[i] != i % 7 || whole.f32[3 * i] != (float)i ||
+             whole.f32[3 * i + 1] != (float)(i % 100) + 0.5f || whole.f32[3 * i + 2] != -(float)(i % 3);
+    CHECK_MSG(bad == 0, "%d rows differ", bad);
+    CHECK_MSG(nn_data_read_csv_labels(&view, p, 0, 0) == 0, "%s", ferry_err_msg());
+    CHECK(view.pending == NN_PENDING_F32 && !view.f32 && !view.u8 && view.n == n);
+    CHECK(memcmp(view.labels, whole.labels, (size_t)n * sizeof *view.labels) == 0);
+    const int cls[2] = {3, 5};
+    nn_dataset w[3], v[3];
+    CHECK(nn_data_subset_classes(&w[0], &whole, cls, 2) == 0);
+    CHECK(nn_data_subset_classes(&v[0], &view, cls, 2) == 0);
+    CHECK(nn_data_split(&w[1], &w[2], &w[0], 0.2, 3) == 0);
+    CHECK(nn_data_split(&v[1], &v[2], &v[0], 0.2, 3) == 0);
+    nn_dataset *fill[2] = {&v[1], &v[2]};
+    uint64_t *hash = NULL;
+    int64_t nrows = 0;
+    CHECK_MSG(nn_data_fill_csv(fill, 2, p, &hash, &nrows) == 0, "%s", ferry_err_msg());
+    CHECK(nrows == n);
+    for (int k = 1; k < 3; k++) {
+      CHECK(!v[k].pending && v[k].n == w[k].n && v[k].f32);
+      CHECK(memcmp(v[k].ids, w[k].ids, (size_t)w[k].n * sizeof *w[k].ids) == 0);
+      CHECK(memcmp(v[k].f32, w[k].f32, (size_t)w[k].n * 3 * sizeof(float)) == 0);
+      CHECK(nn_data_digest(&v[k]) == nn_data_digest(&w[k]));
+    }
+    CHECK(nn_data_digest_view(&v[0], hash, nrows) == nn_data_digest(&w[0]));
+    CHECK(nn_data_digest_view(&view, hash, nrows) == nn_data_digest(&whole));
+    free(hash);
+    /* The file lost rows between the two reads: named, views stay pending. */
+    if (!gz) {
+      nn_dataset last;
+      int64_t r = n - 1;
+      CHECK(nn_data_gather(&last, &view, &r, 1) == 0);
+      write_file(p, 0, txt, len / 2);
+      nn_dataset *one = &last;
+      ferry_err_clear();
+      CHECK(nn_data_fill_csv(&one, 1, p, NULL, NULL) == FERRY_EUSER && last.pending && !last.f32);
+      CHECK_MSG(strstr(ferry_err_msg(), "did it change") != NULL, "%s", ferry_err_msg());
+      write_file(p, 0, "1,2\n", 4);
+      ferry_err_clear();
+      CHECK(nn_data_fill_csv(&one, 1, p, NULL, NULL) == FERRY_EUSER && last.pending);
+      CHECK_MSG(strstr(ferry_err_msg(), "did the file change") != NULL, "%s", ferry_err_msg());
+      ferry_err_clear();
+      nn_data_free(&last);
+    }
+    for (int k = 0; k < 3; k++) nn_data_free(&w[k]), nn_data_free(&v[k]);
+    nn_data_free(&whole);
+    nn_data_free(&view);
+  }
+  free(txt);
+  /* One row of 700,000 features (1.4 MB): longer than the first buffer. */
+  const int d = 700000;
+  char *big = malloc(2 * ((size_t)d * 2 + 8));
+  size_t bl = 0;
+  for (int r = 0; r < 2; r++) {
+    big[bl++] = (char)('0' + r);
+    for (int j = 0; j < d; j++) big[bl++] = ',', big[bl++] = (char)('0' + (j + r) % 10);
+    big[bl++] = '\n';
+  }
+  const char *p = tpath("wide.csv.gz");
+  write_file(p, 1, big, bl);
+  free(big);
+  nn_dataset ds;
+  CHECK_MSG(nn_data_read_csv(&ds, p, 0, 0) == 0, "%s", ferry_err_msg());
+  CHECK(ds.n == 2 && ds.shape.c == d && ds.labels[1] == 1);
+  CHECK(ds.f32 && ds.f32[d - 1] == (float)((d - 1) % 10) && ds.f32[d + 5] == 6.0f);
+  nn_data_free(&ds);
+  /* A gzip file cut short is an error, not a shorter file. */
+  unsigned char *bytes;
+  size_t blen = read_file(p, &bytes);
+  const char *cut = tpath("wide-cut.csv.gz");
+  write_file(cut, 0, bytes, blen - 12);
+  free(bytes);
+  EXPECT_FAIL(nn_data_read_csv(&bad_, cut, 0, 0), FERRY_EUSER, cut);
+  EXPECT_FAIL(nn_data_read_csv_labels(&bad_, cut, 0, 0), FERRY_EUSER, cut);
+}
+
 /* -------------------------------------------------------------- subsets -- */
 
 /* n samples of shape (1,2,2); class sizes 30, 25, 20, 15, 10 for labels 0..4
@@ -1061,6 +1156,7 @@ int main(void) {
   test_idx_views();
   test_fashion_mnist();
   test_csv();
+  test_csv_views();
   test_subsets();
   test_tf_names();
   test_tf_values();
