@@ -871,6 +871,55 @@ int nn_data_copy(nn_dataset *dst, const nn_dataset *src) {
   return rc;
 }
 
+int nn_data_view_of(nn_dataset *dst, const nn_dataset *whole) {
+  nn_dataset v = *whole;
+  v.u8 = NULL;
+  v.f32 = NULL;
+  v.pending = whole->f32 ? NN_PENDING_F32 : NN_PENDING_U8;
+  return nn_data_copy(dst, &v);
+}
+
+int nn_data_fill_from(nn_dataset *const *dst, int nd, const nn_dataset *whole) {
+  const size_t numel = nn_shape_numel(whole->shape);
+  const int kind = whole->f32 ? NN_PENDING_F32 : NN_PENDING_U8;
+  int rc = 0;
+  for (int k = 0; rc == 0 && k < nd; k++) {
+    nn_dataset *v = dst[k];
+    if (v->pending != kind || v->u8 || v->f32 || nn_shape_numel(v->shape) != numel) {
+      rc = ferry_err_set(FERRY_ERUNTIME, __FILE__, __LINE__, __func__,
+                         "nn_data_fill_from: '%s' is not a pending view of '%s'", v->source,
+                         whole->source);
+      break;
+    }
+    if (kind == NN_PENDING_F32)
+      v->f32 = xmalloc((size_t)v->n * numel * sizeof(float));
+    else
+      v->u8 = xmalloc((size_t)v->n * numel);
+    if (!v->u8 && !v->f32) {
+      rc = ferry_err_set(FERRY_ERUNTIME, __FILE__, __LINE__, __func__,
+                         "out of memory for %lld rows of '%s'", (long long)v->n, whole->source);
+      break;
+    }
+    for (int64_t i = 0; i < v->n; i++) {
+      const int64_t r = v->ids[i];
+      if (r < 0 || r >= whole->n) {
+        rc = ferry_err_set(FERRY_ERUNTIME, __FILE__, __LINE__, __func__,
+                           "nn_data_fill_from: row %lld of '%s' out of range 0..%lld",
+                           (long long)r, whole->source, (long long)whole->n - 1);
+        break;
+      }
+      if (v->u8) memcpy(v->u8 + (size_t)i * numel, whole->u8 + (size_t)r * numel, numel);
+      else memcpy(v->f32 + (size_t)i * numel, whole->f32 + (size_t)r * numel, numel * sizeof(float));
+    }
+  }
+  if (rc) {
+    fill_undo(dst, nd);
+    return rc;
+  }
+  for (int k = 0; k < nd; k++) dst[k]->pending = 0;
+  return 0;
+}
+
 int nn_data_subset_classes(nn_dataset *dst, const nn_dataset *src, const int *classes, int nc) {
   memset(dst, 0, sizeof *dst);
   CHECK_USER(nc >= 1, "'%s': class subset is empty, expected at least one class", src->source);
@@ -1121,6 +1170,20 @@ uint64_t nn_data_digest(const nn_dataset *ds) {
   for (int64_t i = 0; ds->f32 && i < ds->n; i++)
     h = dig_step(h, row_digest_f32(ds->f32 + (size_t)i * numel, numel));
   return digest_labels(h, ds);
+}
+
+uint64_t nn_data_digest_view_in(const nn_dataset *view, const nn_dataset *whole) {
+  const size_t numel = nn_shape_numel(whole->shape);
+  uint64_t h = digest_head(view->n, view->shape, whole->f32 ? 2u : 1u);
+  for (int64_t i = 0; i < view->n; i++) {
+    const int64_t r = view->ids[i];
+    uint64_t rh = 0;
+    if (r >= 0 && r < whole->n)
+      rh = whole->f32 ? row_digest_f32(whole->f32 + (size_t)r * numel, numel)
+                      : row_digest_u8(whole->u8 + (size_t)r * numel, numel);
+    h = dig_step(h, rh);
+  }
+  return digest_labels(h, view);
 }
 
 uint64_t nn_data_digest_view(const nn_dataset *view, const uint64_t *row_hash, int64_t nrows) {

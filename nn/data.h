@@ -71,6 +71,11 @@ void nn_data_free(nn_dataset *ds);
 int nn_data_gather(nn_dataset *dst, const nn_dataset *src, const int64_t *idx, int64_t n);
 /* A whole copy of src (a view copies as a view). */
 int nn_data_copy(nn_dataset *dst, const nn_dataset *src);
+/* A view (labels, ids, sizes; no samples) of a dataset held whole in memory,
+ * and the samples of such views' rows copied from it: the in-memory
+ * counterparts of nn_data_read_*_labels and nn_data_fill_*. */
+int nn_data_view_of(nn_dataset *dst, const nn_dataset *whole);
+int nn_data_fill_from(nn_dataset *const *dst, int nd, const nn_dataset *whole);
 /* Keeps rows whose label is in classes[0..nc) and relabels class classes[i]
  * to i. FERRY_EUSER if a class does not occur. */
 int nn_data_subset_classes(nn_dataset *dst, const nn_dataset *src, const int *classes, int nc);
@@ -86,6 +91,8 @@ uint64_t nn_data_digest(const nn_dataset *ds);
 /* nn_data_digest of what a view holds once filled, from its file's row
  * hashes (nn_data_fill_idx, nn_data_fill_csv), without its samples. */
 uint64_t nn_data_digest_view(const nn_dataset *view, const uint64_t *row_hash, int64_t nrows);
+/* The same for a view of a dataset held whole (nn_data_view_of). */
+uint64_t nn_data_digest_view_in(const nn_dataset *view, const nn_dataset *whole);
 
 typedef enum {
   NN_TF_NORMALIZE, /* x = (x - mean) / std  (per channel: a[0..c) means, b[0..c) stds) */

@@ -35,34 +35,34 @@ static int same_source(const exp_source *a, const exp_source *b) {
 
 static int read_file(nn_dataset *ds, const exp_source *s, const char *what);
 
-/* views: the source is read as a view (labels now, samples at
- * train_data_fill) unless the cache is on, which wants the whole file. */
-static int read_source(nn_dataset *ds, const exp_source *s, const char *what, int views) {
-  if (views && !cache_on) {
-    int rc = s->format == EXP_SRC_IDX ? nn_data_read_idx_labels(ds, s->images, s->labels, s->limit)
-                                      : nn_data_read_csv_labels(ds, s->path, s->img_h, s->img_w);
-    if (rc) {
-      ferry_err_trace(__FILE__, __LINE__, what);
-      return rc;
-    }
-    if (s->format == EXP_SRC_CSV && s->limit > 0 && ds->n > s->limit) ds->n = s->limit;
-    return 0;
-  }
-  if (!cache_on) return read_file(ds, s, what);
-  for (int i = 0; i < CACHE_MAX; i++)
-    if (cache[i].used && same_source(&cache[i].src, s)) return nn_data_copy(ds, &cache[i].ds);
-  CHECK_CALL(read_file(ds, s, what));
-  for (int i = 0; i < CACHE_MAX; i++)
+/* The cached whole dataset of source s, or NULL. */
+static const nn_dataset *cached(const exp_source *s) {
+  for (int i = 0; cache_on && i < CACHE_MAX; i++)
+    if (cache[i].used && same_source(&cache[i].src, s)) return &cache[i].ds;
+  return NULL;
+}
+
+/* Every source is read as a view: labels and sizes now, the samples of the
+ * rows kept at train_data_fill. While the cache is on, the view is of the
+ * cached whole file (read into the cache the first time, if a slot is free),
+ * so later jobs neither decode the file again nor copy it whole. */
+static int read_source(nn_dataset *ds, const exp_source *s, const char *what) {
+  const nn_dataset *whole = cached(s);
+  for (int i = 0; !whole && cache_on && i < CACHE_MAX; i++)
     if (!cache[i].used) {
-      /* A failed copy only means no caching. */
-      if (nn_data_copy(&cache[i].ds, ds) == 0) {
-        cache[i].src = *s;
-        cache[i].used = 1;
-      } else {
-        ferry_err_clear();
-      }
-      break;
+      CHECK_CALL(read_file(&cache[i].ds, s, what));
+      cache[i].src = *s;
+      cache[i].used = 1;
+      whole = &cache[i].ds;
     }
+  if (whole) return nn_data_view_of(ds, whole);
+  int rc = s->format == EXP_SRC_IDX ? nn_data_read_idx_labels(ds, s->images, s->labels, s->limit)
+                                    : nn_data_read_csv_labels(ds, s->path, s->img_h, s->img_w);
+  if (rc) {
+    ferry_err_trace(__FILE__, __LINE__, what);
+    return rc;
+  }
+  if (s->format == EXP_SRC_CSV && s->limit > 0 && ds->n > s->limit) ds->n = s->limit;
   return 0;
 }
 
@@ -88,16 +88,16 @@ static int replace(nn_dataset *ds, nn_dataset *next) {
   return 0;
 }
 
-int train_data_load(train_data *d, const exp_experiment *e, int views) {
-  return train_data_load_from(d, &e->data, views);
+int train_data_load(train_data *d, const exp_experiment *e) {
+  return train_data_load_from(d, &e->data);
 }
 
-int train_data_load_from(train_data *d, const exp_data *x, int views) {
+int train_data_load_from(train_data *d, const exp_data *x) {
   memset(d, 0, sizeof *d);
   nn_dataset tmp;
   memset(&tmp, 0, sizeof tmp);
-  int rc = read_source(&d->train, &x->train, "data.train", views);
-  if (!rc) rc = read_source(&d->test, &x->test, "data.test", views);
+  int rc = read_source(&d->train, &x->train, "data.train");
+  if (!rc) rc = read_source(&d->test, &x->test, "data.test");
   if (rc) goto fail;
   if (d->train.shape.c != d->test.shape.c || d->train.shape.h != d->test.shape.h ||
       d->train.shape.w != d->test.shape.w) {
@@ -145,6 +145,16 @@ fail:
 static int fill_source(nn_dataset *const *v, int nv, const exp_source *src, const char *what,
                        const nn_dataset *all, uint64_t *digest) {
   const int want = all && digest;
+  const nn_dataset *whole = cached(src);
+  if (whole) {
+    int rc = nn_data_fill_from(v, nv, whole);
+    if (rc) {
+      ferry_err_trace(__FILE__, __LINE__, what);
+      return rc;
+    }
+    if (want) *digest = nn_data_digest_view_in(all, whole);
+    return 0;
+  }
   uint64_t *hash = NULL;
   int64_t nrows = 0;
   int rc = src->format == EXP_SRC_IDX

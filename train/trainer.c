@@ -190,7 +190,7 @@ static int setup_task_data(trainer *t) {
     t->ts[k] = s;
     exp_data x = task->data;
     if (!x.seed) x.seed = e->data.seed ^ (0x7a5c0000ULL + (uint64_t)k);
-    CHECK_CALL(train_data_load_from(&s->d, &x, 1));
+    CHECK_CALL(train_data_load_from(&s->d, &x));
     nn_shape a = s->d.train.shape, b = t->d.train.shape;
     CHECK_USER(a.c == b.c && a.h == b.h && a.w == b.w && s->d.train.spatial == t->d.train.spatial,
                "tasks.%s.data: samples are %dx%dx%d but the shared trunk takes the experiment's "
@@ -387,9 +387,9 @@ static int setup(trainer *t) {
              "/nonexistent/ferry-fault-injected/train-images.gz");
     snprintf(broken.data.train.path, sizeof broken.data.train.path,
              "/nonexistent/ferry-fault-injected/train.csv");
-    CHECK_CALL(train_data_load(&t->d, &broken, 1));
+    CHECK_CALL(train_data_load(&t->d, &broken));
   } else {
-    CHECK_CALL(train_data_load(&t->d, e, 1));
+    CHECK_CALL(train_data_load(&t->d, e));
   }
   if (e->data.k_per_class > 0 && t->c->rank == 0 && e->out_dir[0])
     CHECK_CALL(write_train_ids(e->out_dir, &t->d.train));

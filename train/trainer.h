@@ -78,22 +78,23 @@ int train_run(const exp_experiment *e, const dist_comm *c, const train_hooks *h,
 
 /* The data splits an experiment describes (train, val, test), after class
  * subset, K per class and split. val may be empty (n = 0). Not collective.
- * views = 1: the files are read as views (nn/data.h): labels and sizes now,
- * so the caller can drop the rows it will not use before any sample is held;
- * train_data_fill then reads the samples of the rows left. While the cache
- * is on, sources load whole either way. */
+ * The splits are views (nn/data.h): labels and sizes only, so the caller can
+ * drop the rows it will not use before any sample is held; train_data_fill
+ * then reads the samples of the rows left. */
 typedef struct {
   nn_dataset train, val, test;
   int nclasses;
 } train_data;
-int train_data_load(train_data *d, const exp_experiment *e, int views);
-/* While on, decoded data files are kept in memory (a few) and reused by
- * later loads of the same file: for transfer jobs, which read the same
- * target job after job. Off frees them. Not collective; not thread-safe. */
+int train_data_load(train_data *d, const exp_experiment *e);
+/* While on, decoded data files are kept in memory (a few, whole) and later
+ * loads of the same file are views of them: for transfer jobs, which read
+ * the same target job after job. Off frees them. Not collective; not
+ * thread-safe. */
 void train_data_cache(int on);
 /* The same for one data section (a multi-task task's own data). */
-int train_data_load_from(train_data *d, const exp_data *x, int views);
-/* Reads the pixels of d's pending views from x's files (one pass per file).
+int train_data_load_from(train_data *d, const exp_data *x);
+/* Gives d's pending views their samples: from the cached file while the
+ * cache holds it, else from x's files (one pass per file).
  * all_train / all_test (views of the whole train / test selection, or NULL):
  * *train_digest / *test_digest receive their nn_data_digest, as if they had
  * been loaded whole; left alone when that split was not pending. */

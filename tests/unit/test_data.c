@@ -210,6 +210,21 @@ static void test_idx_views(void) {
     CHECK(nn_data_digest_view(&view, hash, nrows) == nn_data_digest(&whole));
     CHECK(nn_data_digest_view(&v[3], hash, nrows) != nn_data_digest(&w[1]));
     free(hash);
+    /* Views of the dataset held whole (the transfer jobs' cache). */
+    nn_dataset mv, m0, m1;
+    CHECK(nn_data_view_of(&mv, &whole) == 0 && mv.pending == NN_PENDING_U8 && !mv.u8);
+    CHECK(nn_data_subset_classes(&m0, &mv, cls, 3) == 0);
+    CHECK(nn_data_gather(&m1, &m0, pick, 40) == 0);
+    nn_dataset *mf = &m1;
+    CHECK_MSG(nn_data_fill_from(&mf, 1, &whole) == 0, "%s", ferry_err_msg());
+    CHECK(!m1.pending && m1.u8);
+    nn_dataset w1;
+    CHECK(nn_data_gather(&w1, &w[0], pick, 40) == 0);
+    CHECK(memcmp(m1.u8, w1.u8, 40 * (size_t)r * c) == 0 && nn_data_digest(&m1) == nn_data_digest(&w1));
+    CHECK(nn_data_digest_view_in(&m0, &whole) == nn_data_digest(&w[0]));
+    CHECK(nn_data_fill_from(&mf, 1, &whole) == FERRY_ERUNTIME); /* not pending any more */
+    ferry_err_clear();
+    nn_data_free(&mv), nn_data_free(&m0), nn_data_free(&m1), nn_data_free(&w1);
     for (int k = 0; k < 5; k++) nn_data_free(&w[k]), nn_data_free(&v[k]);
     nn_data_free(&whole);
     nn_data_free(&view);
@@ -597,6 +612,7 @@ static void test_csv_views(void) {
     }
     CHECK(nn_data_digest_view(&v[0], hash, nrows) == nn_data_digest(&w[0]));
     CHECK(nn_data_digest_view(&view, hash, nrows) == nn_data_digest(&whole));
+    CHECK(nn_data_digest_view_in(&v[0], &whole) == nn_data_digest(&w[0]));
     free(hash);
     /* The file lost rows between the two reads: named, views stay pending. */
     if (!gz) {
