@@ -15,8 +15,14 @@ Prints one JSON line per (arm, model) and then a summary: per arm the mean
 test accuracy, finetune - scratch (paired by draw) and the arm - plain
 finetune difference (paired), each as mean and SE over the draws.
 
+--torch also trains PyTorch 1.13 (bench/torch_transfer.py's protocol) from
+the same pre-trained models on the same images (each ferry job's
+train_ids.txt): scratch, plain finetune, and the variants that set
+transfer.finetune.trunk_lr_mult or transfer.finetune.l2sp; its arms are
+reported as "torch:<arm>".
+
 usage: finetune_options.py RUN_DIR [RUN_DIR ...] [--exp EXP] [--k 10]
-           [--draws 100,200] [--variant NAME=KEY=VALUE ...] [--procs 2]
+           [--draws 100,200] [--variant NAME=KEY=VALUE ...] [--procs 2] [--torch]
 """
 import argparse
 import concurrent.futures as cf
@@ -29,6 +35,9 @@ import statistics as st
 import subprocess
 import sys
 import tempfile
+import types
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 DEFAULT_VARIANTS = [
     "grad250=transfer.finetune.gradual_every=250",
@@ -85,6 +94,74 @@ def run_arm(a, work, arm, strategy, sets, i, ckpt):
     return arm, i, acc
 
 
+TORCH_KEYS = {"transfer.finetune.trunk_lr_mult": "ft_trunk_lr_mult",
+              "transfer.finetune.l2sp": "ft_l2sp"}
+_T = None  # a PyTorch worker's (torch_transfer module, protocol data, ferry binary)
+
+
+def _torch_init(ferry, data_dir):
+    global _T
+    import torch_transfer as tt
+    tt.init_torch(1)
+    _T = (tt, tt.protocol_data(data_dir or tt.DATA_DIR), ferry)
+
+
+def _torch_arm(arm, strategy, opts, i, ckpt, draws, k):
+    """PyTorch jobs of one arm on model i: draws = [(seed, train_ids.txt)]."""
+    import numpy as np
+    tt, d, ferry = _T
+    trunk = tt.ferry_model(ckpt, ferry, len(tt.SOURCE_CLASSES))[0]
+    for prm in trunk.parameters():
+        prm.requires_grad_(False)
+    args = tt.parse_args([])
+    for key, val in opts.items():
+        setattr(args, key, val)
+    acc = {}
+    for seed, path in draws:
+        idx = np.loadtxt(path, dtype=np.int64, comments="#", ndmin=1)
+        xsub, ysub = tt.target_rows(d, idx)
+        job = tt.run_job(strategy, k, seed, args, trunk, xsub, ysub, d.xt_te, d.yt_te)
+        acc[seed] = 100.0 * job["test_acc"]
+    return arm, i, acc
+
+
+def torch_arms(a, arms, ms, work, acc):
+    """Runs the PyTorch side (see --torch) into acc["torch:<arm>"]."""
+    import multiprocessing as mp
+    tasks = []
+    for name, strat, sets in arms:
+        opts = {}
+        for kv in sets:
+            key, _, val = kv.partition("=")
+            if key not in TORCH_KEYS:
+                opts = None
+                break
+            opts[TORCH_KEYS[key]] = float(val)
+        if opts is None:
+            print(f"finetune_options.py: --torch: no PyTorch arm for {name} ({sets})",
+                  file=sys.stderr)
+            continue
+        acc["torch:" + name] = {}
+        for i, ck in ms.items():
+            draws = []
+            for o in a.draws:
+                seed = o + i
+                f = glob.glob(os.path.join(work, f"plain.m{i}", "jobs", f"*.k{a.k}.s{seed}",
+                                           "train_ids.txt"))
+                if len(f) != 1:
+                    sys.exit(f"finetune_options.py: no single train_ids.txt for seed {seed} "
+                             f"in {work}/plain.m{i}")
+                draws.append((seed, f[0]))
+            tasks.append(("torch:" + name, strat, opts, i, ck, draws, a.k))
+    ctx = mp.get_context("spawn")
+    with cf.ProcessPoolExecutor(max_workers=max(1, a.procs), mp_context=ctx,
+                                initializer=_torch_init, initargs=(a.ferry, None)) as ex:
+        for f in cf.as_completed([ex.submit(_torch_arm, *t) for t in tasks]):
+            arm, i, got = f.result()
+            acc[arm].update(got)
+            print(json.dumps({"arm": arm, "model": i, "test_acc": got}), flush=True)
+
+
 def main():
     here = os.path.dirname(os.path.abspath(__file__))
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
@@ -103,6 +180,8 @@ def main():
     p.add_argument("--procs", type=int, default=2, help="ferry processes at once (1 thread each)")
     p.add_argument("--ferry", default=os.path.join(here, "..", "build", "ferry"))
     p.add_argument("--keep", metavar="DIR", help="write the runs here and keep them")
+    p.add_argument("--torch", action="store_true",
+                   help="also train PyTorch from the same models and images (see below)")
     a = p.parse_args()
     try:
         a.draws = [int(x) for x in a.draws.split(",")]
@@ -126,19 +205,25 @@ def main():
                 arm, i, got = f.result()
                 acc[arm].update(got)
                 print(json.dumps({"arm": arm, "model": i, "test_acc": got}), flush=True)
+        if a.torch:
+            torch_arms(a, arms, ms, work, acc)
     finally:
         if not a.keep:
             shutil.rmtree(work, ignore_errors=True)
-    sc, plain = acc["scratch"], acc["plain"]
     summary = {"k": a.k, "models": len(ms), "draws": a.draws, "arms": {}}
-    for name, _, sets in arms:
-        seeds = sorted(acc[name])
-        row = {"set": sets, "test_acc": mean_se([acc[name][s] for s in seeds])}
-        if name != "scratch":
-            row["minus_scratch"] = mean_se([acc[name][s] - sc[s] for s in seeds])
-        if name not in ("scratch", "plain"):
-            row["minus_plain"] = mean_se([acc[name][s] - plain[s] for s in seeds])
-        summary["arms"][name] = row
+    for prefix in ("", "torch:"):
+        sc, plain = acc.get(prefix + "scratch"), acc.get(prefix + "plain")
+        for name, _, sets in arms:
+            if prefix + name not in acc:
+                continue
+            got = acc[prefix + name]
+            seeds = sorted(got)
+            row = {"set": sets, "test_acc": mean_se([got[s] for s in seeds])}
+            if name != "scratch" and sc:
+                row["minus_scratch"] = mean_se([got[s] - sc[s] for s in seeds])
+            if name not in ("scratch", "plain") and plain:
+                row["minus_plain"] = mean_se([got[s] - plain[s] for s in seeds])
+            summary["arms"][prefix + name] = row
     print(json.dumps({"summary": summary}))
 
 

@@ -252,19 +252,25 @@ def batch_stream(n, batch, steps, seed):
                 return
 
 
-def sgd_steps(model, params, x, y, batch, steps, seed, lr, momentum, warmup=0):
-    """Train `params` of `model` on (x, y) for `steps` steps; returns seconds.
-    warmup > 0: linear warm-up, step t (0-based) uses lr * (t + 1) / warmup for
-    t < warmup, as ferry's train.schedule.warmup_steps does."""
+def sgd_steps(model, params, x, y, batch, steps, seed, lr, momentum, warmup=0, penalty=None):
+    """Train `params` of `model` (parameters, or param groups with their own
+    lr) on (x, y) for `steps` steps; returns seconds. warmup > 0: linear
+    warm-up, step t (0-based) uses lr * (t + 1) / warmup for t < warmup, as
+    ferry's train.schedule.warmup_steps does. penalty: a function returning a
+    term added to the loss (L2-SP)."""
     opt = torch.optim.SGD(params, lr=lr, momentum=momentum)
+    for g in opt.param_groups:
+        g["base_lr"] = g["lr"]
     model.train()
     t0 = time.perf_counter()
     for t, idx in enumerate(batch_stream(x.shape[0], batch, steps, seed)):
         if warmup > 0:
             for g in opt.param_groups:
-                g["lr"] = lr * min(1.0, (t + 1) / warmup)
+                g["lr"] = g["base_lr"] * min(1.0, (t + 1) / warmup)
         opt.zero_grad(set_to_none=True)
         loss = F.cross_entropy(model(x[idx]), y[idx])
+        if penalty is not None:
+            loss = loss + penalty()
         loss.backward()
         opt.step()
     return time.perf_counter() - t0
@@ -335,8 +341,21 @@ def run_job(strategy, k, seed, args, pre_trunk, xsub, ysub, xte, yte, init_seed=
         for prm in trunk.parameters():
             prm.requires_grad_(True)  # the shared pre-trained trunk is frozen
         torch.manual_seed(init)
-        model = nn.Sequential(trunk, make_head())
-        train_s = sgd_steps(model, model.parameters(), xsub, ysub, **common)
+        head = make_head()
+        model = nn.Sequential(trunk, head)
+        # ferry's transfer.finetune.trunk_lr_mult and .l2sp (when args has them)
+        mult = getattr(args, "ft_trunk_lr_mult", 1.0)
+        alpha = getattr(args, "ft_l2sp", 0.0)
+        params = model.parameters()
+        if mult != 1.0:
+            params = [{"params": list(trunk.parameters()), "lr": args.lr * mult},
+                      {"params": list(head.parameters())}]
+        penalty = None
+        if alpha > 0:
+            anchor = [prm.detach().clone() for prm in trunk.parameters()]
+            penalty = lambda: 0.5 * alpha * sum(((prm - a) ** 2).sum()  # noqa: E731
+                                                for prm, a in zip(trunk.parameters(), anchor))
+        train_s = sgd_steps(model, params, xsub, ysub, penalty=penalty, **common)
         acc = evaluate(model, xte, yte)
     else:
         raise ValueError(strategy)
