@@ -31,13 +31,13 @@ import json
 import os
 import re
 import shutil
-import statistics as st
 import subprocess
 import sys
 import tempfile
-import types
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from torch_transfer import mean_se  # noqa: E402  (no torch import until init_torch)
 
 DEFAULT_VARIANTS = [
     "grad250=transfer.finetune.gradual_every=250",
@@ -45,11 +45,6 @@ DEFAULT_VARIANTS = [
     "l2sp0.1=transfer.finetune.l2sp=0.1",
     "l2sp1=transfer.finetune.l2sp=1",
 ]
-
-
-def mean_se(v):
-    se = st.stdev(v) / len(v) ** 0.5 if len(v) > 1 else 0.0
-    return {"mean": round(st.mean(v), 3), "se": round(se, 3), "n": len(v)}
 
 
 def models(runs):

@@ -36,11 +36,7 @@ import tempfile
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402
-
-
-def mean_se(v):
-    se = st.stdev(v) / len(v) ** 0.5 if len(v) > 1 else 0.0
-    return {"mean": round(st.mean(v), 3), "se": round(se, 3), "n": len(v)}
+from torch_transfer import mean_se  # noqa: E402  (no torch import until init_torch)
 
 
 def main():

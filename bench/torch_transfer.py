@@ -117,6 +117,13 @@ STRATEGIES = ("scratch", "feature-extract", "finetune")
 torch = nn = F = None  # imported in main(), after the thread variables are set
 
 
+def mean_se(v):
+    """{mean, se, n} of a list of numbers, rounded for JSON."""
+    import statistics as st
+    se = st.stdev(v) / len(v) ** 0.5 if len(v) > 1 else 0.0
+    return {"mean": round(st.mean(v), 3), "se": round(se, 3), "n": len(v)}
+
+
 def normalise(x):
     """uint8 N,28,28 -> float32 tensor N,1,28,28: x/255, then (x-mean)/std."""
     x = x.astype(np.float32)

@@ -880,37 +880,23 @@ int nn_data_view_of(nn_dataset *dst, const nn_dataset *whole) {
 }
 
 int nn_data_fill_from(nn_dataset *const *dst, int nd, const nn_dataset *whole) {
-  const size_t numel = nn_shape_numel(whole->shape);
   const int kind = whole->f32 ? NN_PENDING_F32 : NN_PENDING_U8;
+  for (int k = 0; k < nd; k++)
+    CHECK_RT(dst[k]->pending == kind && !dst[k]->u8 && !dst[k]->f32 &&
+                 nn_shape_numel(dst[k]->shape) == nn_shape_numel(whole->shape),
+             "nn_data_fill_from: '%s' is not a pending view of '%s'", dst[k]->source,
+             whole->source);
   int rc = 0;
   for (int k = 0; rc == 0 && k < nd; k++) {
-    nn_dataset *v = dst[k];
-    if (v->pending != kind || v->u8 || v->f32 || nn_shape_numel(v->shape) != numel) {
-      rc = ferry_err_set(FERRY_ERUNTIME, __FILE__, __LINE__, __func__,
-                         "nn_data_fill_from: '%s' is not a pending view of '%s'", v->source,
-                         whole->source);
-      break;
-    }
-    if (kind == NN_PENDING_F32)
-      v->f32 = xmalloc((size_t)v->n * numel * sizeof(float));
-    else
-      v->u8 = xmalloc((size_t)v->n * numel);
-    if (!v->u8 && !v->f32) {
-      rc = ferry_err_set(FERRY_ERUNTIME, __FILE__, __LINE__, __func__,
-                         "out of memory for %lld rows of '%s'", (long long)v->n, whole->source);
-      break;
-    }
-    for (int64_t i = 0; i < v->n; i++) {
-      const int64_t r = v->ids[i];
-      if (r < 0 || r >= whole->n) {
-        rc = ferry_err_set(FERRY_ERUNTIME, __FILE__, __LINE__, __func__,
-                           "nn_data_fill_from: row %lld of '%s' out of range 0..%lld",
-                           (long long)r, whole->source, (long long)whole->n - 1);
-        break;
-      }
-      if (v->u8) memcpy(v->u8 + (size_t)i * numel, whole->u8 + (size_t)r * numel, numel);
-      else memcpy(v->f32 + (size_t)i * numel, whole->f32 + (size_t)r * numel, numel * sizeof(float));
-    }
+    /* A view's ids are rows of the file, and so of `whole` as read. */
+    nn_dataset rows;
+    rc = nn_data_gather(&rows, whole, dst[k]->ids, dst[k]->n);
+    if (rc) break;
+    dst[k]->u8 = rows.u8;
+    dst[k]->f32 = rows.f32;
+    rows.u8 = NULL;
+    rows.f32 = NULL;
+    nn_data_free(&rows);
   }
   if (rc) {
     fill_undo(dst, nd);

@@ -71,9 +71,10 @@ void nn_data_free(nn_dataset *ds);
 int nn_data_gather(nn_dataset *dst, const nn_dataset *src, const int64_t *idx, int64_t n);
 /* A whole copy of src (a view copies as a view). */
 int nn_data_copy(nn_dataset *dst, const nn_dataset *src);
-/* A view (labels, ids, sizes; no samples) of a dataset held whole in memory,
- * and the samples of such views' rows copied from it: the in-memory
- * counterparts of nn_data_read_*_labels and nn_data_fill_*. */
+/* A view (labels, ids, sizes; no samples) of a dataset held whole in memory
+ * as read from its file (row i = file row i), and the samples of such views'
+ * rows copied from it: the in-memory counterparts of nn_data_read_*_labels
+ * and nn_data_fill_*. */
 int nn_data_view_of(nn_dataset *dst, const nn_dataset *whole);
 int nn_data_fill_from(nn_dataset *const *dst, int nd, const nn_dataset *whole);
 /* Keeps rows whose label is in classes[0..nc) and relabels class classes[i]
