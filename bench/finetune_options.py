@@ -18,7 +18,7 @@ finetune difference (paired), each as mean and SE over the draws.
 --torch also trains PyTorch 1.13 (bench/torch_transfer.py's protocol) from
 the same pre-trained models on the same images (each ferry job's
 train_ids.txt): scratch, plain finetune, and the variants that set
-transfer.finetune.trunk_lr_mult or transfer.finetune.l2sp; its arms are
+transfer.finetune.trunk_lr_mult, .l2sp or .reinit_last; its arms are
 reported as "torch:<arm>".
 
 usage: finetune_options.py RUN_DIR [RUN_DIR ...] [--exp EXP] [--k 10]
@@ -44,6 +44,7 @@ DEFAULT_VARIANTS = [
     "tlr0.1=transfer.finetune.trunk_lr_mult=0.1",
     "l2sp0.1=transfer.finetune.l2sp=0.1",
     "l2sp1=transfer.finetune.l2sp=1",
+    "reinit1=transfer.finetune.reinit_last=1",
 ]
 
 
@@ -90,7 +91,8 @@ def run_arm(a, work, arm, strategy, sets, i, ckpt):
 
 
 TORCH_KEYS = {"transfer.finetune.trunk_lr_mult": "ft_trunk_lr_mult",
-              "transfer.finetune.l2sp": "ft_l2sp"}
+              "transfer.finetune.l2sp": "ft_l2sp",
+              "transfer.finetune.reinit_last": "ft_reinit_last"}
 _T = None  # a PyTorch worker's (torch_transfer module, protocol data, ferry binary)
 
 

@@ -10,7 +10,6 @@ OPENBLAS_NUM_THREADS / OMP_NUM_THREADS = --threads, because
 torch.set_num_threads() does not limit OpenBLAS, which nn.Linear uses here.
 """
 import argparse
-import gzip
 import json
 import os
 import sys

@@ -96,7 +96,6 @@ OMP_WAIT_POLICY=PASSIVE. A warning is printed when they are set to another N.
 """
 import argparse
 import copy
-import gzip
 import json
 import os
 import sys
@@ -348,9 +347,18 @@ def run_job(strategy, k, seed, args, pre_trunk, xsub, ysub, xte, yte, init_seed=
         for prm in trunk.parameters():
             prm.requires_grad_(True)  # the shared pre-trained trunk is frozen
         torch.manual_seed(init)
+        # ferry's transfer.finetune.reinit_last, trunk_lr_mult and l2sp (when
+        # args has them): the last k layers with parameters start afresh
+        # (PyTorch's default init, as ferry's model.init: torch) and L2-SP
+        # anchors only the layers that were loaded
+        blocks = [mod for mod in trunk if any(True for _ in mod.parameters())]
+        reinit = int(getattr(args, "ft_reinit_last", 0))
+        if reinit >= len(blocks):
+            raise ValueError(f"reinit_last {reinit}: the trunk has {len(blocks)} blocks")
+        for mod in blocks[len(blocks) - reinit:]:
+            mod.reset_parameters()
         head = make_head()
         model = nn.Sequential(trunk, head)
-        # ferry's transfer.finetune.trunk_lr_mult and .l2sp (when args has them)
         mult = getattr(args, "ft_trunk_lr_mult", 1.0)
         alpha = getattr(args, "ft_l2sp", 0.0)
         params = model.parameters()
@@ -359,9 +367,10 @@ def run_job(strategy, k, seed, args, pre_trunk, xsub, ysub, xte, yte, init_seed=
                       {"params": list(head.parameters())}]
         penalty = None
         if alpha > 0:
-            anchor = [prm.detach().clone() for prm in trunk.parameters()]
+            kept = [prm for mod in blocks[:len(blocks) - reinit] for prm in mod.parameters()]
+            anchor = [prm.detach().clone() for prm in kept]
             penalty = lambda: 0.5 * alpha * sum(((prm - a) ** 2).sum()  # noqa: E731
-                                                for prm, a in zip(trunk.parameters(), anchor))
+                                                for prm, a in zip(kept, anchor))
         train_s = sgd_steps(model, params, xsub, ysub, penalty=penalty, **common)
         acc = evaluate(model, xte, yte)
     else:
@@ -440,6 +449,9 @@ def parse_args(argv=None):
     p.add_argument("--batch", type=int, default=32, help="target batch (min'd with 5K)")
     p.add_argument("--lr", type=float, default=0.01, help="target lr")
     p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--ft-reinit-last", type=int, default=0, metavar="K",
+                   help="finetune: re-initialise the trunk's last K layers with parameters "
+                        "(ferry's transfer.finetune.reinit_last); default 0")
     p.add_argument("--pretrain-epochs", type=int, default=3)
     p.add_argument("--pretrain-lr", type=float, default=0.05)
     p.add_argument("--pretrain-batch", type=int, default=128)

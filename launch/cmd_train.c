@@ -80,10 +80,11 @@ void cmd_train_help(void) {
       "\n"
       "with a transfer section (a pipeline): the training above is the pre-training,\n"
       "        in DIR/pretrain; then one job per target x strategy x K x seed (x lr)\n"
-      "        in DIR/jobs/<id>, DIR/results.jsonl (a line per job, as results\n"
-      "        arrive) and DIR/report.md. Rank 0 coordinates and trains; the ranks\n"
-      "        form worker groups of transfer.group_size, each training one job at a\n"
-      "        time. --resume skips the jobs already finished.\n"
+      "        in DIR/jobs/<id> (log.txt says what a job loaded), DIR/results.jsonl\n"
+      "        (a line per job, as results arrive) and DIR/report.md. Rank 0\n"
+      "        coordinates and trains; the ranks form worker groups of\n"
+      "        transfer.group_size, each training one job at a time. --resume skips\n"
+      "        the jobs already finished.\n"
       "\n"
       "signals: SIGTERM or SIGUSR1 (Slurm's warning before a time limit or preemption)\n"
       "        on any rank: all ranks finish the current step, write a checkpoint and\n"
@@ -99,6 +100,7 @@ void cmd_train_help(void) {
 typedef struct {
   FILE *metrics;
   FILE *steps;
+  FILE *log;      /* a transfer job's set-up notes (jobs/<id>/log.txt) */
   int quiet;      /* files only, no console lines (transfer jobs) */
   int bar;        /* live progress bar on stdout */
   double last_bar;
@@ -106,7 +108,11 @@ typedef struct {
 } presenter;
 
 static void on_start(void *ctx, const char *what) {
-  (void)ctx;
+  presenter *pr = ctx;
+  if (pr->quiet) { /* a transfer job: its own file, not the pipeline's console */
+    if (pr->log) fprintf(pr->log, "%s\n", what);
+    return;
+  }
   printf("%s\n", what);
   fflush(stdout);
 }
@@ -300,13 +306,16 @@ static void on_job_start(void *ctx, const transfer_result *r, const exp_experime
   if (io_mkdirs(r->dir) == 0) {
     snprintf(path, sizeof path, "%s/metrics.jsonl", r->dir);
     pl->job.metrics = fopen(path, "w");
+    snprintf(path, sizeof path, "%s/log.txt", r->dir);
+    pl->job.log = fopen(path, "w");
   }
 }
 
 static void on_job_end(void *ctx, const transfer_result *r, const exp_experiment *je) {
   pipeline *pl = ctx;
   if (pl->job.metrics) fclose(pl->job.metrics);
-  pl->job.metrics = NULL;
+  if (pl->job.log) fclose(pl->job.log);
+  pl->job.metrics = pl->job.log = NULL;
   if (r->ok && write_summary(r->dir, je, &r->sum)) ferry_err_clear();
 }
 
@@ -455,7 +464,7 @@ static int run_transfer(exp_experiment *e, const char *root, const transfer_pret
     if (pl.results) fclose(pl.results);
     return rc ? rc : FERRY_ERUNTIME;
   }
-  train_hooks jh = {.on_epoch = on_epoch, .ctx = &pl.job};
+  train_hooks jh = {.on_epoch = on_epoch, .on_start = on_start, .ctx = &pl.job};
   pl.job.quiet = 1;
   pl.root = world->rank == 0 ? root : NULL;
   transfer_hooks th = {.on_job_start = on_job_start, .on_job_end = on_job_end,

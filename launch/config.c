@@ -1723,6 +1723,8 @@ static const cfg_key k_finetune[] = {
      .doc = "learning-rate multiplier of the trunk (the head keeps 1)"},
     {.name = "unfreeze_last", .kind = K_INT, KF(exp_job, unfreeze_last), .r = R_GE(0),
      .doc = "train only the last k trunk blocks (layers with parameters); 0 = all"},
+    {.name = "reinit_last", .kind = K_INT, KF(exp_job, reinit_last), .r = R_GE(0),
+     .doc = "re-initialise the last k trunk blocks instead of loading them (0 = none)"},
     {.name = "gradual_every", .kind = K_INT, KF(exp_job, gradual_every), .r = R_GE(0),
      .doc = "gradual unfreezing: head first, one more trunk block every N steps (0 = off)"},
     {.name = "l2sp", .kind = K_F32, KF(exp_job, l2sp), .r = R_GE(0),

@@ -66,6 +66,8 @@ typedef struct {
   char init_ckpt[EXP_PATH_MAX]; /* load the trunk of this checkpoint ("" = fresh) */
   float trunk_lr_mult;       /* finetune: trunk learning-rate multiplier (0 = 1) */
   int unfreeze_last;         /* finetune: train only the last k trunk blocks (0 = all) */
+  int reinit_last;           /* finetune: re-initialise the last k trunk blocks instead of
+                                loading them (0 = none) */
   int gradual_every;         /* finetune: unfreeze one more block every N steps, from the
                                 head down (0 = off) */
   float l2sp;                /* finetune: alpha of (alpha/2)||w - w_pretrained||^2 on the trunk */

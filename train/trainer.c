@@ -490,6 +490,19 @@ static int build_sync(trainer *t) {
   return 0;
 }
 
+/* Index in m->groups of trunk block b (trunk groups in order). */
+static int group_of_block(const nn_model *m, int b) {
+  for (int g = 0; g < m->ngroups; g++)
+    if (m->groups[g].stack < 0 && b-- == 0) return g;
+  return -1;
+}
+
+/* Slab offset where trunk block b starts (trunk_len when b is past the last). */
+static size_t fresh_from(const nn_model *m, int b) {
+  int g = group_of_block(m, b);
+  return g < 0 ? trunk_len(m) : m->groups[g].off;
+}
+
 /* Freezes the first `frozen` trunk blocks (trunk groups in order), thaws the rest. */
 static void freeze_trunk_blocks(trainer *t, int frozen) {
   int b = 0;
@@ -625,8 +638,14 @@ static int probe_fit(trainer *t, train_summary *out, double *val_acc) {
  * rate. Collective (the checkpoint is read by rank 0 and broadcast). */
 static int setup_job(trainer *t) {
   const exp_job *j = &t->e->job;
+  for (int g = 0; g < t->m->ngroups; g++) t->nblocks += t->m->groups[g].stack < 0;
+  CHECK_USER(j->reinit_last == 0 || j->reinit_last < t->nblocks,
+             "transfer.finetune.reinit_last: %d would re-initialise all %d trunk blocks (layers "
+             "with parameters), which is the scratch strategy; use at most %d",
+             j->reinit_last, t->nblocks, t->nblocks - 1);
   if (j->init_ckpt[0]) {
     ckpt_file *f = NULL;
+    float *fresh = NULL;
     CHECK_CALL(ckpt_open_bcast(&f, j->init_ckpt, t->c));
     ckpt_trunk_report rep;
     char text[4096];
@@ -643,9 +662,17 @@ static int setup_job(trainer *t) {
        * give the same start on any rank count, and any other trunk another. */
       uint64_t h = nn_hash_bytes(t->m->params, trunk_len(t->m) * sizeof(float));
       nn_model_init_params(t->m, nn_key(nn_key(t->e->seed, KEY_INIT), h));
-      rc = ckpt_load_trunk(f, t->m, &rep, text, sizeof text);
+      /* reinit_last: the last k trunk blocks keep these fresh values. */
+      size_t off = fresh_from(t->m, t->nblocks - j->reinit_last), len = trunk_len(t->m) - off;
+      if (j->reinit_last > 0 && !(fresh = malloc(len * sizeof(float))))
+        rc = ferry_err_set(FERRY_ERUNTIME, __FILE__, __LINE__, __func__, "out of memory (%zu bytes)",
+                           len * sizeof(float));
+      if (fresh) memcpy(fresh, t->m->params + off, len * sizeof(float));
+      if (!rc) rc = ckpt_load_trunk(f, t->m, &rep, text, sizeof text);
+      if (!rc && fresh) memcpy(t->m->params + off, fresh, len * sizeof(float));
     }
     ckpt_close(&f);
+    free(fresh);
     CHECK_CALL(rc);
     CHECK_USER(rep.matched > 0, "%s: no trunk layer matched the model's trunk:\n%s", j->init_ckpt,
                text);
@@ -653,8 +680,12 @@ static int setup_job(trainer *t) {
     snprintf(msg, sizeof msg, "trunk from %s: %d matched, %d skipped, %d new", j->init_ckpt,
              rep.matched, rep.skipped, rep.fresh);
     note(t, msg);
+    if (j->reinit_last > 0) {
+      snprintf(msg, sizeof msg, "re-initialised the last %d trunk block(s), from %s on",
+               j->reinit_last, t->m->groups[group_of_block(t->m, t->nblocks - j->reinit_last)].name);
+      note(t, msg);
+    }
   }
-  for (int g = 0; g < t->m->ngroups; g++) t->nblocks += t->m->groups[g].stack < 0;
   if (j->strategy == EXP_STRAT_FEATURE) {
     nn_model_set_frozen(t->m, "trunk", 1);
     CHECK_CALL(cache_features(t));
@@ -1010,7 +1041,9 @@ static int train_step(trainer *t, int64_t b, int epoch, int64_t step, float lr, 
                "rate or clip gradients (train.clip_norm)",
                (long long)step, epoch);
   }
-  if (t->anchor) nn_l2sp_apply(t->m, t->anchor, "trunk", e->job.l2sp);
+  if (t->anchor) /* over the loaded blocks; re-initialised ones have no pre-trained value */
+    for (int blk = 0; blk < t->nblocks - e->job.reinit_last; blk++)
+      nn_l2sp_apply(t->m, t->anchor, t->m->groups[group_of_block(t->m, blk)].name, e->job.l2sp);
   if (e->clip_norm > 0) nn_clip_grad_norm(t->m, e->clip_norm);
   nn_optim_step(&t->opt, t->m, lr);
   if (e->uncertainty)

@@ -104,6 +104,7 @@ int transfer_job(const exp_experiment *base, const char *run_dir, const transfer
   if (r->strategy != EXP_STRAT_FINETUNE) {
     je->job.trunk_lr_mult = 1;
     je->job.unfreeze_last = 0;
+    je->job.reinit_last = 0;
     je->job.gradual_every = 0;
     je->job.l2sp = 0;
   }
