@@ -14,7 +14,7 @@
 # Usage: bash bench/transfer_compare.sh [--seeds 0,1,2] [--per-seed] [--np 2]
 #                                       [--out DIR] [--ferry PATH] [--torch-procs P]
 #                                       [--ks 10,50,200] [--strategies scratch,feature-extract,finetune]
-#                                       [--warmup N]
+#                                       [--warmup N] [--reinit-last K]
 # --ferry-pretrained: PyTorch does not pre-train but starts from ferry's
 # pre-trained model(s) (read with `ferry ckpt export`), so only the transfer
 # stage is compared; its pre-training accuracy line is then PyTorch's
@@ -23,6 +23,9 @@
 # the first N steps (ferry's train.schedule.warmup_steps, the peer's
 # --pretrain-warmup); the default 100 is the example file's, 0 the issue's
 # constant rate.
+# --reinit-last K: finetune re-initialises the trunk's last K blocks in both
+# programs (ferry's transfer.finetune.reinit_last, the peer's
+# --ft-reinit-last); default: the example file's value.
 # --torch-procs P splits the seeds over P PyTorch processes of 1 thread each
 # (only with --per-seed: otherwise each process would pre-train the shared
 # model again).
@@ -31,6 +34,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seeds=0,1,2 per_seed=0 np=2 out= ferry=build/ferry procs=1 shared=0 ks=10,50,200 warmup=100
+reinit=$(sed -n 's/^ *finetune:.*reinit_last: *\([0-9]*\).*/\1/p' examples/transfer-fmnist.yaml)
+reinit=${reinit:-0}
 strategies=scratch,feature-extract,finetune
 while [ $# -gt 0 ]; do
   case $1 in
@@ -44,12 +49,14 @@ while [ $# -gt 0 ]; do
     --ks) ks=$2; shift 2 ;;
     --strategies) strategies=$2; shift 2 ;;
     --warmup) warmup=$2; shift 2 ;;
-    *) echo "usage: $0 [--seeds 0,1,2] [--per-seed] [--ferry-pretrained] [--np 2] [--out DIR] [--ferry PATH] [--torch-procs P] [--ks 10,50,200] [--strategies LIST] [--warmup N]" >&2; exit 2 ;;
+    --reinit-last) reinit=$2; shift 2 ;;
+    *) echo "usage: $0 [--seeds 0,1,2] [--per-seed] [--ferry-pretrained] [--np 2] [--out DIR] [--ferry PATH] [--torch-procs P] [--ks 10,50,200] [--strategies LIST] [--warmup N] [--reinit-last K]" >&2; exit 2 ;;
   esac
 done
 [[ $seeds =~ ^[0-9]+(,[0-9]+)*$ ]] || { echo "$0: --seeds wants a list like 0,1,2" >&2; exit 2; }
 [[ $ks =~ ^[0-9]+(,[0-9]+)*$ ]] || { echo "$0: --ks wants a list like 10,50,200" >&2; exit 2; }
 [[ $warmup =~ ^[0-9]+$ ]] || { echo "$0: --warmup wants a step count" >&2; exit 2; }
+[[ $reinit =~ ^[0-9]+$ ]] || { echo "$0: --reinit-last wants a block count" >&2; exit 2; }
 [[ $strategies =~ ^[a-z-]+(,[a-z-]+)*$ ]] || { echo "$0: --strategies wants a list like scratch,finetune" >&2; exit 2; }
 [ -x "$ferry" ] || { echo "$0: $ferry is not built (cmake --build build)" >&2; exit 2; }
 out=${out:-$(mktemp -d /tmp/ferry-compare.XXXXXX)}
@@ -64,7 +71,7 @@ mpirun --allow-run-as-root --oversubscribe -np "$np" "$ferry" train examples/tra
   --out "$out/ferry" --progress plain --set "transfer.seeds=[$seeds]" \
   --set "transfer.k=[$ks]" --set "transfer.strategies=[$strategies]" \
   --set "transfer.pretrain_per_seed=$([ "$per_seed" = 1 ] && echo true || echo false)" \
-  --set "train.schedule.warmup_steps=$warmup" \
+  --set "train.schedule.warmup_steps=$warmup" --set "transfer.finetune.reinit_last=$reinit" \
   > "$out/ferry.log" 2>&1 || { tail -n 20 "$out/ferry.log" >&2; exit 1; }
 t1=$SECONDS
 echo "transfer_compare: PyTorch (1 thread x $procs) on ferry's K-shot draws -> $out/torch*.json" >&2
@@ -78,7 +85,7 @@ for ((p = 0; p < procs; p++)); do
   [ ${#part[@]} -eq 0 ] && continue
   list=$(IFS=,; echo "${part[*]}")
   /usr/bin/python3 bench/torch_transfer.py --threads 1 --seeds "$list" --ks "$ks" \
-    --strategies "$strategies" --pretrain-warmup "$warmup" "${pflag[@]}" \
+    --strategies "$strategies" --pretrain-warmup "$warmup" --ft-reinit-last "$reinit" "${pflag[@]}" \
     --subsets-from "$out/ferry" --json-out "$out/torch$p.json" > "$out/torch$p.log" 2>&1 &
   pids+=($!) jsons+=("$out/torch$p.json")
 done

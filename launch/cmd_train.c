@@ -5,6 +5,7 @@
 #include <cblas.h>
 #include <math.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -284,6 +285,7 @@ static int prepare_out(const char *dir, int append, presenter *pr) {
 typedef struct {
   presenter job;       /* the running job's files (no console lines) */
   const exp_experiment *je; /* the running job */
+  const exp_experiment *e;  /* the pipeline's experiment */
   FILE *results;       /* RUN_DIR/results.jsonl */
   const char *root;    /* RUN_DIR (the report is rewritten as results arrive) */
   double t0;
@@ -338,6 +340,33 @@ static void on_retry(void *ctx, const transfer_result *r, const transfer_progres
 
 /* Coordinator: a job's final result goes to the console and results.jsonl,
  * and the report is rewritten, as results arrive. */
+/* Appends ", " (unless first) and a formatted item to buf[0..n), at *len. */
+static void add_item(char *buf, size_t n, size_t *len, const char *fmt, ...) {
+  va_list ap;
+  if (*len + 1 >= n) return;
+  if (*len) *len += (size_t)snprintf(buf + *len, n - *len, ", ");
+  if (*len + 1 >= n) return;
+  va_start(ap, fmt);
+  int w = vsnprintf(buf + *len, n - *len, fmt, ap);
+  va_end(ap);
+  if (w > 0) *len += (size_t)w < n - *len ? (size_t)w : n - *len - 1;
+}
+
+/* The finetune options that differ from the defaults, as "key value, ...";
+ * returns 0 when there are none. The report names them next to its rows. */
+static int finetune_options(const exp_job *j, char *buf, size_t n) {
+  size_t len = 0;
+  buf[0] = '\0';
+  if (j->trunk_lr_mult > 0 && j->trunk_lr_mult != 1)
+    add_item(buf, n, &len, "trunk_lr_mult %g", (double)j->trunk_lr_mult);
+  if (j->unfreeze_last > 0) add_item(buf, n, &len, "unfreeze_last %d", j->unfreeze_last);
+  if (j->reinit_last > 0) add_item(buf, n, &len, "reinit_last %d", j->reinit_last);
+  if (j->gradual_every > 0) add_item(buf, n, &len, "gradual_every %d", j->gradual_every);
+  if (j->l2sp > 0) add_item(buf, n, &len, "l2sp %g", (double)j->l2sp);
+  if (j->patience > 0) add_item(buf, n, &len, "patience %d", j->patience);
+  return len > 0;
+}
+
 static void on_result(void *ctx, const transfer_result *r, const transfer_progress *p) {
   pipeline *pl = ctx;
   pl->done++;
@@ -381,6 +410,11 @@ static void on_result(void *ctx, const transfer_result *r, const transfer_progre
     if (r->checkpoint[0]) {
       fputs(", \"checkpoint\": ", f);
       json_str(f, r->checkpoint);
+    }
+    char opts[256];
+    if (r->strategy == EXP_STRAT_FINETUNE && finetune_options(&pl->e->transfer.finetune, opts, sizeof opts)) {
+      fputs(", \"options\": ", f);
+      json_str(f, opts);
     }
     if (r->pretrained[0]) {
       fputs(", \"pretrained\": ", f);
@@ -467,6 +501,7 @@ static int run_transfer(exp_experiment *e, const char *root, const transfer_pret
   train_hooks jh = {.on_epoch = on_epoch, .on_start = on_start, .ctx = &pl.job};
   pl.job.quiet = 1;
   pl.root = world->rank == 0 ? root : NULL;
+  pl.e = e;
   transfer_hooks th = {.on_job_start = on_job_start, .on_job_end = on_job_end,
                        .on_result = on_result, .on_retry = on_retry, .job_hooks = &jh, .ctx = &pl};
   rc = transfer_run(e, root, pre, skip, world, &th);

@@ -161,6 +161,7 @@ int report_job_from_json(report_job *j, const report_jobj *o, const char *file, 
   CHECK_CALL(get_opt_str(o, "reason", file, line, &j->reason));
   CHECK_CALL(get_opt_str(o, "curve", file, line, &j->curve));
   CHECK_CALL(get_opt_str(o, "pretrained", file, line, &j->pretrained));
+  CHECK_CALL(get_opt_str(o, "options", file, line, &j->options));
   CHECK_CALL(get_extra(j, o, file, line));
   CHECK_USER(!j->ok || !isnan(j->test_acc),
              "%s:%d: job \"%s\" has status \"ok\" but no test_acc (a number in [0, 1])", file, line, j->job);
@@ -176,6 +177,7 @@ void report_job_clear(report_job *j) {
   free(j->reason);
   free(j->curve);
   free(j->pretrained);
+  free(j->options);
   for (int i = 0; i < j->nextra; i++) free(j->extra[i].key);
   free(j->extra);
   memset(j, 0, sizeof *j);
@@ -427,6 +429,27 @@ static int note_pretrained(report *r) {
   return rc;
 }
 
+/* The options a strategy's finished jobs ran with (results.jsonl "options",
+ * e.g. "reinit_last 1"): a row says only "finetune", and the reader must know
+ * which fine-tuning it was. One note per distinct (strategy, options). */
+static int note_options(report *r) {
+  int rc = 0;
+  for (int i = 0; i < r->njobs && !rc; i++) {
+    const report_job *a = &r->jobs[i];
+    if (!a->ok || !a->options) continue;
+    int first = 1, n = 0;
+    for (int k = 0; k < r->njobs; k++) {
+      const report_job *b = &r->jobs[k];
+      if (!b->ok || !b->options || strcmp(a->strategy, b->strategy) || strcmp(a->options, b->options))
+        continue;
+      if (k < i) first = 0;
+      n++;
+    }
+    if (first) rc = report_add_note(r, "%d %s job(s) ran with %s", n, a->strategy, a->options);
+  }
+  return rc;
+}
+
 static int aggregate(report *r) {
   if (r->njobs) qsort(r->jobs, (size_t)r->njobs, sizeof *r->jobs, cmp_job);
   drop_superseded(r);
@@ -444,6 +467,7 @@ static int aggregate(report *r) {
   }
   compare_rows(r);
   CHECK_CALL(note_pretrained(r));
+  CHECK_CALL(note_options(r));
   if (r->nsuperseded)
     CHECK_CALL(report_add_note(r, "%d line(s) of results.jsonl were replaced by a later line for the "
                                "same target, strategy, K and seed (a retried or resumed job); only "

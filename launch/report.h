@@ -54,6 +54,7 @@ typedef struct {
 typedef struct {
   char *job, *target, *strategy, *reason, *curve; /* reason, curve may be NULL */
   char *pretrained;                               /* checkpoint it started from, or NULL */
+  char *options;                                  /* non-default strategy options, or NULL */
   int k;                                          /* labelled samples per class; 0 = all */
   int seed;
   int ok;                                         /* status "ok" (1) or "failed" (0) */

@@ -56,6 +56,9 @@ run init transfer.finetune.reinit_last=1 transfer.steps=1 transfer.optimizer.lr=
 L=$TMP/init/jobs/t59.finetune.k20.s0/log.txt
 grep -q "^trunk from .*ckpt-.*: 2 matched" "$L" && grep -q "^re-initialised the last 1 trunk block(s), from trunk.dense2 on" "$L" &&
   ok || bad "log.txt of a reinit_last job: $(cat "$L" 2>&1)"
+# results.jsonl and the report say which fine-tuning the finetune rows are.
+[ "$(grep -c '"options": "reinit_last 1"' "$TMP/init/results.jsonl")" = 2 ] && ok || bad "results.jsonl lacks the jobs' options"
+grep -qF "2 finetune job(s) ran with reinit\_last 1" "$TMP/init/report.md" && ok || bad "report.md does not name the finetune options"
 for s in 0 1; do export_job init $s; done
 I=$TMP/init/x0
 for f in trunk.dense1.W.f32 trunk.dense1.b.f32; do same "$P/$f" "$I/$f" "$f: reinit_last=1 did not load the lower block"; done
