@@ -18,7 +18,6 @@ expect 2 "dense1.*flat|flatten" -- run "$F" --set 'model={trunk: [{dense: 32}], 
 expect 2 "classes" -- run "$F" --set 'model={trunk: [flatten], heads: {main: [{dense: 3}]}}'
 
 # Data files.
-D=/usr/share/datasets/fashion-mnist
 expect 2 "missing-images" -- run "$F" --set "data.train={format: idx, images: $TMP/missing-images.gz, labels: $D/train-labels-idx1-ubyte.gz}"
 printf '\x00\x00\x08\x99\x00\x00\x00\x01\x00\x00\x00\x02\x00\x00\x00\x02abcd' | gzip > "$TMP/badmagic.gz"
 expect 2 "badmagic.gz.*magic" -- run "$F" --set "data.train={format: idx, images: $TMP/badmagic.gz, labels: $D/train-labels-idx1-ubyte.gz}"

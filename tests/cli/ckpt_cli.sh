@@ -2,7 +2,6 @@
 # training run writes, on damaged copies (flipped byte, truncation, wrong
 # magic, missing file) and with bad arguments.
 . "$(dirname "$0")/lib.bash"
-D=/usr/share/datasets/fashion-mnist
 py=/usr/bin/python3
 
 expect 0 "usage: ferry ckpt inspect" -- "$FERRY" ckpt --help

@@ -24,3 +24,7 @@ same_params() {
   a=$(param_hash "$1") b=$(param_hash "$2")
   [ -n "$a" ] && [ "$a" = "$b" ] && ok || bad "$3: $a vs $b"
 }
+# Fashion-MNIST (Debian's dataset-fashion-mnist); `src SPLIT N`: a data
+# source of the first N samples of SPLIT (train or t10k), as YAML.
+D=/usr/share/datasets/fashion-mnist
+src() { echo "{format: idx, images: $D/$1-images-idx3-ubyte.gz, labels: $D/$1-labels-idx1-ubyte.gz, limit: $2}"; }

@@ -8,8 +8,6 @@
 #   jobs; job names cannot escape the run directory.
 . "$(dirname "$0")/lib.bash"
 export OMPI_MCA_mpi_yield_when_idle=1 OPENBLAS_NUM_THREADS=1
-D=/usr/share/datasets/fashion-mnist
-src() { echo "{format: idx, images: $D/$1-images-idx3-ubyte.gz, labels: $D/$1-labels-idx1-ubyte.gz, limit: $2}"; }
 tgt() {
   echo "{train: $(src train 3000), test: $(src t10k 600), classes: [5, 6, 7, 8, 9], val_frac: 0.1,
          transforms: [{normalize: {mean: 0.2860, std: 0.3530}}]}"

@@ -18,7 +18,6 @@ trap 'exit 130' INT TERM
 netns_up "$TMP" || { bad "could not create the namespaces"; finish; exit 1; }
 
 F=$SRC/examples/mlp-fmnist.yaml
-D=/usr/share/datasets/fashion-mnist
 MPIRUN=(mpirun --allow-run-as-root --oversubscribe)
 S=(--progress plain --set train.epochs=2 --set train.deterministic=true
    --set checkpoint.every_steps=20 --set checkpoint.keep=10

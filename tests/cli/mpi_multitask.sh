@@ -4,7 +4,6 @@
 # learns the weights, and they resume from checkpoints; every head learns.
 . "$(dirname "$0")/lib.bash"
 F=$SRC/examples/multitask-fmnist.yaml
-D=/usr/share/datasets/fashion-mnist
 MPIRUN=(mpirun --allow-run-as-root --oversubscribe)
 # lr 0.01: at the example's 0.05 the first steps are chaotic (a rounding
 # difference of 1e-9 grows to 1e-2 in 25 steps, as in any framework), which
@@ -48,7 +47,6 @@ same_params "$TMP/ua" "$TMP/ub" "uncertainty-weighted resume"
 # A task with its own dataset (classes 5-9, a smaller set, so its epochs
 # differ from the main task's): bitwise equal at 1 and 2 ranks in
 # deterministic mode, and its head learns.
-src() { echo "{format: idx, images: $D/$1-images-idx3-ubyte.gz, labels: $D/$1-labels-idx1-ubyte.gz, limit: $2}"; }
 OWN=("${S[@]}" --set train.deterministic=true --set data.classes=[0,1,2,3,4]
      --set "tasks=[{name: a, labels: class}, {name: b, labels: class, weight: 0.5, data: {train: $(src train 3000),
             test: $(src t10k 2000), classes: [5, 6, 7, 8, 9], transforms: [{normalize: {mean: 0.2860, std: 0.3530}}]}}]")

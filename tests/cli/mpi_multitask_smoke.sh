@@ -5,9 +5,7 @@
 # equal parameters), then resumed from a checkpoint.
 . "$(dirname "$0")/lib.bash"
 F=$SRC/examples/multitask-fmnist.yaml
-D=/usr/share/datasets/fashion-mnist
 MPIRUN=(mpirun --allow-run-as-root --oversubscribe)
-src() { echo "{format: idx, images: $D/$1-images-idx3-ubyte.gz, labels: $D/$1-labels-idx1-ubyte.gz, limit: $2}"; }
 S=(--progress plain --set train.steps=6 --set train.batch=32 --set train.shards=4
    --set train.deterministic=true --set train.task_weighting=uncertainty
    --set checkpoint.every_epoch=false --set checkpoint.every_steps=3

@@ -5,7 +5,6 @@
 # exits at once.
 . "$(dirname "$0")/lib.bash"
 F=$SRC/examples/mlp-fmnist.yaml
-D=/usr/share/datasets/fashion-mnist
 MPIRUN=(mpirun --allow-run-as-root --oversubscribe)
 S=(--progress plain --set train.epochs=3 --set checkpoint.every_steps=20
    --set "data.train={format: idx, images: $D/train-images-idx3-ubyte.gz, labels: $D/train-labels-idx1-ubyte.gz, limit: 6000}")

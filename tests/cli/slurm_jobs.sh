@@ -24,7 +24,6 @@ mkdir -p "$TMP/slurm"
 slurm_up "$TMP/slurm" || { bad "Slurm did not start"; finish; exit 1; }
 
 C=$SRC/cluster
-D=/usr/share/datasets/fashion-mnist
 FERRY=$(realpath "$FERRY")
 export FERRY FERRY_RUNS=$TMP/runs
 # The jobs inherit this environment (sbatch exports it): one BLAS thread,

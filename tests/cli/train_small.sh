@@ -2,7 +2,6 @@
 # under mpirun; checks the files it writes and that it learned something.
 . "$(dirname "$0")/lib.bash"
 F=$SRC/examples/mlp-fmnist.yaml
-D=/usr/share/datasets/fashion-mnist
 common=(--set "data.train={format: idx, images: $D/train-images-idx3-ubyte.gz, labels: $D/train-labels-idx1-ubyte.gz, limit: 6000}"
         --set "data.test={format: idx, images: $D/t10k-images-idx3-ubyte.gz, labels: $D/t10k-labels-idx1-ubyte.gz, limit: 2000}"
         --set train.epochs=2 --progress plain)

@@ -5,9 +5,7 @@
 # value to be pulled to); unfreeze_last keeps the lower blocks bit for bit;
 # a reinit_last covering the whole trunk is refused as bad input.
 . "$(dirname "$0")/lib.bash"
-D=/usr/share/datasets/fashion-mnist
 py=/usr/bin/python3
-src() { echo "{format: idx, images: $D/$1-images-idx3-ubyte.gz, labels: $D/$1-labels-idx1-ubyte.gz, limit: $2}"; }
 cat > "$TMP/exp.yaml" <<YAML
 name: finetune-options
 seed: 0

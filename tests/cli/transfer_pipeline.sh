@@ -4,8 +4,6 @@
 # recorded as failed while the others finish; a rerun with --resume skips
 # finished jobs.
 . "$(dirname "$0")/lib.bash"
-D=/usr/share/datasets/fashion-mnist
-src() { echo "{format: idx, images: $D/$1-images-idx3-ubyte.gz, labels: $D/$1-labels-idx1-ubyte.gz, limit: $2}"; }
 cat > "$TMP/exp.yaml" <<YAML
 name: small-transfer
 seed: 0
