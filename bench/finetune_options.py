@@ -6,8 +6,9 @@ For every pre-trained model RUN_DIR/pretrain.s<i>/ckpt-*.ferry (the last
 one) of one or more ferry runs made with transfer.pretrain_per_seed=true,
 and every draw offset o in --draws, runs the experiment's transfer jobs at
 K (default 10) with job seed o + i from that model (checkpoint.resume), once
-as scratch, once as plain finetune and once per variant (a --set of the
-transfer.finetune section). The draws default to 100 and 200, seeds the
+as scratch, once as plain finetune (every trunk block loaded:
+transfer.finetune.reinit_last=0, whatever the file sets) and once per
+variant (plain plus a --set of the transfer.finetune section). The draws default to 100 and 200, seeds the
 example file does not use, so a setting is not chosen on the seeds it is
 judged by.
 
@@ -39,6 +40,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from torch_transfer import mean_se  # noqa: E402  (no torch import until init_torch)
 
+PLAIN = ["transfer.finetune.reinit_last=0"]
 DEFAULT_VARIANTS = [
     "grad250=transfer.finetune.gradual_every=250",
     "tlr0.1=transfer.finetune.trunk_lr_mult=0.1",
@@ -184,12 +186,15 @@ def main():
         a.draws = [int(x) for x in a.draws.split(",")]
     except ValueError:
         sys.exit(f"finetune_options.py: --draws wants integers like 100,200, found {a.draws!r}")
-    arms = [("scratch", "scratch", []), ("plain", "finetune", [])]
+    # Plain finetune loads every trunk block, whatever the experiment file
+    # sets (the example re-initialises its top block); a variant starts from
+    # plain and changes one key.
+    arms = [("scratch", "scratch", []), ("plain", "finetune", list(PLAIN))]
     for v in a.variant or DEFAULT_VARIANTS:
         name, sep, kv = v.partition("=")
         if not sep or "=" not in kv or not name:
             sys.exit(f"finetune_options.py: --variant wants NAME=KEY=VALUE, found {v!r}")
-        arms.append((name, "finetune", [kv]))
+        arms.append((name, "finetune", list(PLAIN) + [kv]))
     ms = models(a.runs)
     work = a.keep or tempfile.mkdtemp(prefix="ferry-ftopt-")
     os.makedirs(work, exist_ok=True)
