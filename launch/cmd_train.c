@@ -338,8 +338,6 @@ static void on_retry(void *ctx, const transfer_result *r, const transfer_progres
   fflush(stdout);
 }
 
-/* Coordinator: a job's final result goes to the console and results.jsonl,
- * and the report is rewritten, as results arrive. */
 /* Appends ", " (unless first) and a formatted item to buf[0..n), at *len. */
 static void add_item(char *buf, size_t n, size_t *len, const char *fmt, ...) {
   va_list ap;
@@ -367,6 +365,8 @@ static int finetune_options(const exp_job *j, char *buf, size_t n) {
   return len > 0;
 }
 
+/* Coordinator: a job's final result goes to the console and results.jsonl,
+ * and the report is rewritten, as results arrive. */
 static void on_result(void *ctx, const transfer_result *r, const transfer_progress *p) {
   pipeline *pl = ctx;
   pl->done++;
